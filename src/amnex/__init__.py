@@ -1,0 +1,16 @@
+"""Amnex: a self-hostable A2P messaging platform.
+
+Packages follow the message, in the order it travels:
+
+    api/          HTTP: /v1 for clients, /admin/v1 for operators, problem+json errors
+    accounts/     accounts, API keys, senders, operators
+    messages/     accept: schemas, the message table, the status machine, group commit
+    dispatch/     claim due messages under leases, retry with backoff, record outcomes
+    channels/     carrier connections behind one protocol (email over SMTP)
+    simulators/   local carrier peers for dev, tests and benchmarks (SMTP sink)
+    privacy/      audit log (encryption, retention and subject requests follow)
+    db/           engines, unit of work, migrations
+    config.py, errors.py, clock.py, metrics.py, runtime.py, cli.py
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Accounts: the businesses that send, their API keys and senders, and the named operators."""

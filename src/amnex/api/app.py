@@ -1,0 +1,52 @@
+"""API: `create_app(runtime)` — the FastAPI application for `amnex serve` and `amnex dev`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from amnex import __version__
+from amnex.api.edge import EdgeMiddleware
+from amnex.api.problems import install_problem_handlers
+from amnex.api.routes import admin, dev, health, messages
+from amnex.runtime import Runtime
+
+DESCRIPTION = """Send SMS, MMS, email and push notifications through one API.
+
+Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457
+`application/problem+json` documents with a stable `code`."""
+
+
+def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The app over a built Runtime. With `manage_lifecycle`, app start-up starts it and
+    shutdown closes it; `amnex dev` and tests that share the runtime pass False."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await rt.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await rt.close()
+
+    app = FastAPI(
+        title="Amnex",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = rt
+    install_problem_handlers(app)
+    app.include_router(messages.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    if rt.settings.dev_mode:
+        app.include_router(dev.router)
+    app.add_middleware(EdgeMiddleware, settings=rt.settings)
+    return app

@@ -1,0 +1,179 @@
+"""API: the edge middleware — body size limit, TLS policy and HSTS, request timing.
+
+One pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which costs a task per request).
+
+TLS (policy §8): outside dev mode, a request carrying credentials over plain HTTP is refused
+with `tls_required`, unless it comes from loopback or from a configured trusted proxy that
+says (X-Forwarded-Proto: https) it terminated TLS. HSTS is sent on every HTTPS response.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from amnex.api.problems import problem_body
+from amnex.config import Settings
+from amnex.metrics import API_REQUEST_DURATION
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip()]
+
+
+def _in(host: str | None, networks: list[Network]) -> bool:
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(status: int, code: str, title: str, detail: str) -> bytes:
+    body = problem_body(code=code, status=status, title=title, detail=detail, instance=None)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.dev_mode = settings.dev_mode
+        self.max_body_bytes = settings.max_body_bytes
+        self.trusted = parse_networks(settings.trusted_proxies)
+        self.hsts = f"max-age={settings.hsts_max_age_s}; includeSubDomains".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        client_host = client[0] if client else None
+        via_trusted_proxy = _in(client_host, self.trusted)
+        forwarded_https = (
+            via_trusted_proxy and headers.get(b"x-forwarded-proto", b"").lower() == b"https"
+        )
+        secure = scope.get("scheme") == "https" or forwarded_https
+        status_holder = [500]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                if secure:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"strict-transport-security", self.hsts),
+                    ]
+            await send(message)
+
+        try:
+            if (
+                not secure
+                and not self.dev_mode
+                and b"authorization" in headers
+                and not _is_loopback(client_host)
+            ):
+                await self._reject(
+                    send_with_headers,
+                    403,
+                    "tls_required",
+                    "Credentials must be sent over HTTPS",
+                    "this server accepts credentials only over HTTPS (or from a trusted proxy "
+                    "that terminated TLS)",
+                )
+                return
+            length = headers.get(b"content-length")
+            if length is not None:
+                try:
+                    too_large = int(length) > self.max_body_bytes
+                except ValueError:
+                    await self._reject(
+                        send_with_headers,
+                        400,
+                        "invalid_request",
+                        "The request is malformed",
+                        "bad Content-Length",
+                    )
+                    return
+                if too_large:
+                    await self._reject_too_large(send_with_headers)
+                    return
+                await self.app(scope, receive, send_with_headers)
+            else:
+                await self._buffered(scope, receive, send_with_headers)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            API_REQUEST_DURATION.labels(
+                method=scope["method"], route=path, status=f"{status_holder[0] // 100}xx"
+            ).observe(time.perf_counter() - started)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body without Content-Length (chunked): read it within the limit, then replay it."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._reject_too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject_too_large(self, send: Send) -> None:
+        await self._reject(
+            send,
+            413,
+            "payload_too_large",
+            "The request body is too large",
+            f"the body exceeds {self.max_body_bytes} bytes",
+        )
+
+    @staticmethod
+    async def _reject(send: Send, status: int, code: str, title: str, detail: str) -> None:
+        body = _problem(status, code, title, detail)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,64 @@
+"""API: per-key rate limiting with the `limits` library, in memory or shared through Redis.
+
+Redis carries counters, not records: if it is unreachable the limiter lets requests through
+(and logs) rather than refusing service.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None) -> None:
+        self._storage: Storage
+        if redis_url:
+            scheme = redis_url.split("://", 1)
+            self._storage = RedisStorage("async+redis://" + scheme[-1])
+        else:
+            self._storage = MemoryStorage()
+        self._limiter = FixedWindowRateLimiter(self._storage)
+        self._items: dict[int, RateLimitItemPerSecond] = {}
+
+    async def hit(self, key: str, per_s: int) -> RateDecision:
+        item = self._items.get(per_s)
+        if item is None:
+            item = self._items[per_s] = RateLimitItemPerSecond(per_s)
+        try:
+            allowed = await self._limiter.hit(item, "key", key)
+            stats = await self._limiter.get_window_stats(item, "key", key)
+        except Exception as exc:
+            log.warning("rate limiter storage unavailable (%s); allowing", type(exc).__name__)
+            return RateDecision(True, per_s, per_s, 1)
+        reset_s = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateDecision(allowed, per_s, max(0, stats.remaining), reset_s)
+
+    async def check_storage(self) -> bool:
+        try:
+            return bool(await self._storage.check())
+        except Exception:
+            return False

@@ -1,0 +1,250 @@
+"""API: `/admin/v1` — operators manage accounts, API keys and senders. Every action is audited."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from sqlalchemy import select
+from starlette.responses import Response
+
+from amnex.accounts import service
+from amnex.accounts.models import Account, ApiKey, Sender
+from amnex.accounts.service import OperatorContext
+from amnex.api.deps import json_response, require_operator, runtime
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+Operator = Annotated[OperatorContext, Depends(require_operator)]
+Scope = Literal["send", "read", "manage"]
+T = TypeVar("T")
+ALL_SCOPES: tuple[Scope, ...] = ("send", "read", "manage")
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    business_name: str = Field(min_length=1, max_length=200)
+    contact_name: str = Field(min_length=1, max_length=200)
+    email: EmailStr
+    phone: str | None = Field(None, max_length=32)
+    country: str = Field("US", min_length=2, max_length=2)
+    rate_limit_per_s: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class AccountOut(BaseModel):
+    id: str
+    business_name: str
+    contact_name: str
+    email: str
+    phone: str | None
+    country: str
+    status: str
+    settings: dict[str, Any]
+    created_at: datetime
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(default_factory=lambda: list(ALL_SCOPES), min_length=1)
+    rate_limit_per_s: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    rate_limit_per_s: int | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The API key itself. Shown once; only its hash is stored.")
+
+
+class AccountCreated(AccountOut):
+    api_key: ApiKeyCreated
+
+
+class SenderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["email", "sms", "mms", "push"]
+    address: str = Field(
+        min_length=1,
+        max_length=320,
+        description="An email address, a whole domain as `@example.com`, or a number/sender id.",
+    )
+    is_default: bool = False
+
+
+class SenderOut(BaseModel):
+    id: str
+    account_id: str
+    channel: str
+    address: str
+    is_default: bool
+    created_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+
+
+def account_out(account: Account) -> AccountOut:
+    return AccountOut(
+        id=account.id,
+        business_name=account.business_name,
+        contact_name=account.contact_name,
+        email=account.email,
+        phone=account.phone,
+        country=account.country,
+        status=account.status,
+        settings=dict(account.settings),
+        created_at=account.created_at,
+    )
+
+
+def key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        account_id=key.account_id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=key.scopes.split(","),
+        rate_limit_per_s=key.rate_limit_per_s,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def sender_out(sender: Sender) -> SenderOut:
+    return SenderOut(
+        id=sender.id,
+        account_id=sender.account_id,
+        channel=sender.channel,
+        address=sender.address,
+        is_default=sender.is_default,
+        created_at=sender.created_at,
+    )
+
+
+@router.post("/accounts", status_code=201, response_model=AccountCreated)
+async def create_account(request: Request, body: AccountCreate, op: Operator) -> Response:
+    settings = {"rate_limit_per_s": body.rate_limit_per_s} if body.rate_limit_per_s else {}
+    async with runtime(request).db.unit_of_work() as session:
+        account, key, plaintext = await service.create_account(
+            session,
+            business_name=body.business_name,
+            contact_name=body.contact_name,
+            email=str(body.email),
+            phone=body.phone,
+            country=body.country,
+            settings=settings,
+            actor=op.actor,
+        )
+        out = AccountCreated(
+            **account_out(account).model_dump(),
+            api_key=ApiKeyCreated(**key_out(key).model_dump(), key=plaintext),
+        )
+    return json_response(request, out, status_code=201)
+
+
+@router.get("/accounts", response_model=Page[AccountOut])
+async def list_accounts(request: Request, op: Operator) -> Response:
+    async with runtime(request).db.read_session() as session:
+        rows = await session.scalars(select(Account).order_by(Account.id))
+        return json_response(request, Page[AccountOut](data=[account_out(a) for a in rows]))
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut)
+async def get_account(request: Request, account_id: str, op: Operator) -> Response:
+    async with runtime(request).db.read_session() as session:
+        account = await service.get_account_or_raise(session, account_id)
+        return json_response(request, account_out(account))
+
+
+@router.post("/accounts/{account_id}/keys", status_code=201, response_model=ApiKeyCreated)
+async def create_key(
+    request: Request, account_id: str, body: ApiKeyCreate, op: Operator
+) -> Response:
+    async with runtime(request).db.unit_of_work() as session:
+        key, plaintext = await service.create_api_key(
+            session,
+            account_id=account_id,
+            name=body.name,
+            scopes=list(body.scopes),
+            rate_limit_per_s=body.rate_limit_per_s,
+            actor=op.actor,
+        )
+        out = ApiKeyCreated(**key_out(key).model_dump(), key=plaintext)
+    return json_response(request, out, status_code=201)
+
+
+@router.get("/accounts/{account_id}/keys", response_model=Page[ApiKeyOut])
+async def list_keys(request: Request, account_id: str, op: Operator) -> Response:
+    async with runtime(request).db.read_session() as session:
+        await service.get_account_or_raise(session, account_id)
+        keys = await service.list_api_keys(session, account_id)
+        return json_response(request, Page[ApiKeyOut](data=[key_out(k) for k in keys]))
+
+
+@router.delete("/accounts/{account_id}/keys/{key_id}", response_model=ApiKeyOut)
+async def revoke_key(request: Request, account_id: str, key_id: str, op: Operator) -> Response:
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        key = await service.revoke_api_key(
+            session, account_id=account_id, key_id=key_id, actor=op.actor
+        )
+        out = key_out(key)
+    rt.auth.forget()
+    return json_response(request, out)
+
+
+@router.post("/accounts/{account_id}/senders", status_code=201, response_model=SenderOut)
+async def create_sender(
+    request: Request, account_id: str, body: SenderCreate, op: Operator
+) -> Response:
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        sender = await service.add_sender(
+            session,
+            account_id=account_id,
+            channel=body.channel,
+            address=body.address,
+            is_default=body.is_default,
+            actor=op.actor,
+        )
+        out = sender_out(sender)
+    rt.auth.forget()
+    return json_response(request, out, status_code=201)
+
+
+@router.get("/accounts/{account_id}/senders", response_model=Page[SenderOut])
+async def list_senders(request: Request, account_id: str, op: Operator) -> Response:
+    async with runtime(request).db.read_session() as session:
+        await service.get_account_or_raise(session, account_id)
+        senders = await service.list_senders(session, account_id)
+        return json_response(request, Page[SenderOut](data=[sender_out(s) for s in senders]))
+
+
+@router.delete("/accounts/{account_id}/senders/{sender_id}", status_code=204)
+async def delete_sender(
+    request: Request, account_id: str, sender_id: str, op: Operator
+) -> Response:
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        await service.delete_sender(
+            session, account_id=account_id, sender_id=sender_id, actor=op.actor
+        )
+    rt.auth.forget()
+    return Response(status_code=204)

@@ -1,0 +1,189 @@
+"""API: `/v1/messages` — send, read, list, events, cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import Response
+
+from amnex.accounts.service import KeyContext
+from amnex.api.deps import json_response, require_scope, runtime
+from amnex.clock import utc_now
+from amnex.errors import AmnexError, IdempotencyKeyReused, InvalidRequest
+from amnex.messages import idempotency
+from amnex.messages.accept import DuplicateIdempotencyKey
+from amnex.messages.models import IdempotencyRecord
+from amnex.messages.schemas import (
+    Channel,
+    MessageEventList,
+    MessageEventOut,
+    MessageList,
+    MessageOut,
+    SendMessageRequest,
+)
+from amnex.messages.service import (
+    MessageFilter,
+    cancel_message,
+    get_message_or_raise,
+    list_events,
+    list_messages,
+    message_out,
+    prepare_message,
+)
+from amnex.messages.status import Status
+from amnex.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+SendKey = Annotated[KeyContext, Depends(require_scope("send"))]
+ReadKey = Annotated[KeyContext, Depends(require_scope("read"))]
+
+
+@router.post(
+    "/messages",
+    status_code=201,
+    response_model=MessageOut,
+    summary="Send a message",
+    responses={
+        200: {"description": "Idempotent replay of an earlier request", "model": MessageOut}
+    },
+)
+async def send_message(
+    request: Request,
+    body: SendMessageRequest,
+    ctx: SendKey,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    rt = runtime(request)
+    now = utc_now()
+    key_hash = request_hash = None
+    if idempotency_key is not None:
+        key_hash = idempotency.hash_idempotency_key(idempotency_key)
+        request_hash = idempotency.hash_request(
+            body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        )
+        record = await idempotency.find_idempotency_record(rt.db, ctx.account_id, key_hash, now=now)
+        if record is not None:
+            return await _replay(request, ctx, record, request_hash)
+    try:
+        prepared = prepare_message(ctx, body, now=now, routable_channels=rt.routable_channels)
+    except AmnexError as exc:
+        MESSAGES_REJECTED.labels(code=exc.code).inc()
+        raise
+    idem_row = None
+    if key_hash is not None and request_hash is not None:
+        idem_row = idempotency.idempotency_row(
+            account_id=ctx.account_id,
+            key_hash=key_hash,
+            request_hash=request_hash,
+            resource_id=prepared.row["id"],
+            status_code=201,
+            now=now,
+            ttl_s=rt.settings.idempotency_ttl_s,
+        )
+    try:
+        await rt.writer.submit(prepared, idem_row)
+    except DuplicateIdempotencyKey:
+        # A concurrent request with the same key committed first (so both hashes are set).
+        record = await idempotency.find_idempotency_record(
+            rt.db, ctx.account_id, str(key_hash), now=now
+        )
+        if record is None:
+            raise
+        return await _replay(request, ctx, record, str(request_hash))
+    MESSAGES_ACCEPTED.labels(channel=body.channel).inc()
+    return json_response(
+        request,
+        message_out(prepared.row),
+        status_code=201,
+        headers={"Location": f"/v1/messages/{prepared.row['id']}"},
+    )
+
+
+async def _replay(
+    request: Request, ctx: KeyContext, record: IdempotencyRecord, request_hash: str
+) -> Response:
+    if record.request_hash != request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different request body in the last 24 hours"
+        )
+    async with runtime(request).db.read_session() as session:
+        message = await get_message_or_raise(session, ctx.account_id, record.resource_id)
+        out = message_out(message)
+    return json_response(
+        request,
+        out,
+        status_code=record.status_code,
+        headers={"Idempotent-Replayed": "true", "Location": f"/v1/messages/{out.id}"},
+    )
+
+
+@router.get("/messages/{message_id}", response_model=MessageOut, summary="Get a message")
+async def get_message(request: Request, message_id: str, ctx: ReadKey) -> Response:
+    async with runtime(request).db.read_session() as session:
+        message = await get_message_or_raise(session, ctx.account_id, message_id)
+        return json_response(request, message_out(message))
+
+
+@router.get("/messages", response_model=MessageList, summary="List messages, newest first")
+async def list_messages_route(
+    request: Request,
+    ctx: ReadKey,
+    status: Annotated[Status | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    to: Annotated[str | None, Query(max_length=320)] = None,
+    created_after: Annotated[datetime | None, Query()] = None,
+    created_before: Annotated[datetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    for name, value in (("created_after", created_after), ("created_before", created_before)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequest(f"{name}: give a time zone offset (e.g. Z)", field=name)
+    filters = MessageFilter(
+        status=status.value if status else None,
+        channel=channel,
+        to=to,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    async with runtime(request).db.read_session() as session:
+        rows, next_cursor = await list_messages(
+            session, ctx.account_id, filters, limit=limit, cursor=cursor
+        )
+        page = MessageList(data=[message_out(m) for m in rows], next_cursor=next_cursor)
+    return json_response(request, page)
+
+
+@router.get(
+    "/messages/{message_id}/events",
+    response_model=MessageEventList,
+    summary="Every status transition of a message, in order",
+)
+async def list_message_events(request: Request, message_id: str, ctx: ReadKey) -> Response:
+    async with runtime(request).db.read_session() as session:
+        message = await get_message_or_raise(session, ctx.account_id, message_id)
+        events = await list_events(session, message.id)
+        page = MessageEventList(
+            data=[
+                MessageEventOut(
+                    seq=e.seq, status=e.status, at=e.at, error_code=e.error_code, detail=e.detail
+                )
+                for e in events
+            ]
+        )
+    return json_response(request, page)
+
+
+@router.delete(
+    "/messages/{message_id}",
+    response_model=MessageOut,
+    summary="Cancel a scheduled or queued message",
+)
+async def cancel_message_route(request: Request, message_id: str, ctx: SendKey) -> Response:
+    async with runtime(request).db.unit_of_work() as session:
+        message = await cancel_message(session, ctx.account_id, message_id, now=utc_now())
+        out = message_out(message)
+    return json_response(request, out)

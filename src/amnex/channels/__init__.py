@@ -1,0 +1,1 @@
+"""Channels: carrier connections behind one small protocol (see `base`)."""

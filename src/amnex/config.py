@@ -1,0 +1,125 @@
+"""Configuration: typed settings from `AMNEX_*` environment variables and an optional TOML file.
+
+Settings are built once in an entry point (`cli.py`, tests) and passed down; nothing reads
+`os.environ` at import time. Precedence, highest first: explicit arguments, environment
+variables, the TOML file named by `AMNEX_CONFIG_FILE` (or `--config`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SmtpTls = Literal["none", "starttls", "implicit"]
+
+
+class Settings(BaseSettings):
+    """Every knob Amnex has. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="AMNEX_", extra="forbid", frozen=True)
+
+    # Storage
+    database_url: str = "sqlite+aiosqlite:///.amnex/amnex.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL survives power loss; NORMAL only a process crash, and is faster."
+    )
+    database_pool_size: int = 10
+    redis_url: str | None = None
+
+    # HTTP
+    dev_mode: bool = False
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR ranges of proxies that terminate TLS and set "
+        "X-Forwarded-Proto / X-Forwarded-For.",
+    )
+    hsts_max_age_s: int = 31_536_000
+    max_body_bytes: int = 1_048_576
+    default_rate_limit_per_s: int = 100
+    api_key_cache_ttl_s: float = 5.0
+    idempotency_ttl_s: int = 86_400
+
+    # Accept path: group commit
+    accept_batch_max: int = 256
+    accept_writers: int = Field(0, description="0 = 1 on SQLite, 4 on PostgreSQL.")
+    accept_db_retry_s: float = 2.0
+
+    # Dispatch
+    claim_batch_size: int = 100
+    lease_s: float = 60.0
+    poll_interval_s: float = Field(0.1, le=0.1)
+    worker_concurrency: int = 64
+    retry_base_s: float = 2.0
+    retry_max_s: float = 600.0
+    max_retry_age_s: float = 86_400.0
+    shutdown_grace_s: float = 20.0
+
+    # Email channel (SMTP relay or the recipient's server)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_tls: SmtpTls = "none"
+    smtp_validate_certs: bool = True
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = 30.0
+    smtp_helo_name: str | None = None
+    smtp_pool_size: int = 8
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key_file: Path | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the plain URLs operators write and pick the async driver for them."""
+        if value.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value.removeprefix(plain)
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_accept_writers(self) -> int:
+        if self.accept_writers > 0:
+            return 1 if self.is_sqlite else self.accept_writers
+        return 1 if self.is_sqlite else 4
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AMNEX_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings in an entry point; `config_file` wins over `AMNEX_CONFIG_FILE`."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        os.environ["AMNEX_CONFIG_FILE"] = str(config_file)
+    return Settings(**overrides)

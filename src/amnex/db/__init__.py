@@ -1,0 +1,1 @@
+"""Storage: engines, the unit of work (the only committer), model base, column types."""

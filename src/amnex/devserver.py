@@ -1,0 +1,210 @@
+"""Wiring: `amnex dev` — API, worker and simulators in one process on SQLite.
+
+Runs migrations, bootstraps the demo account (idempotent: credentials in `dev.json` are
+reused while they are valid), starts the SMTP sink, the API and a dispatcher that the accept
+writer wakes in-process, and writes `<data-dir>/dev.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from sqlalchemy import select
+
+from amnex.accounts import service as accounts
+from amnex.accounts.models import Account, ApiKey, Operator
+from amnex.api.app import create_app
+from amnex.channels.smtp import SmtpChannel
+from amnex.config import Settings, load_settings
+from amnex.db.engine import Database
+from amnex.db.migrate import upgrade_database
+from amnex.runtime import Runtime
+from amnex.simulators.smtp_sink import SmtpSink
+from amnex.worker_process import build_dispatcher
+
+log = logging.getLogger(__name__)
+
+DEMO_MARKER = "dev_demo"
+DEMO_EMAIL_SENDER = "notifications@demo.amnex.test"
+DEMO_SMS_SENDER = "+15005550006"
+DEMO_RATE_LIMIT_PER_S = 100_000
+DEV_ACTOR = "dev:bootstrap"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoCredentials:
+    account_id: str
+    api_key: str
+    admin_token: str
+
+
+async def bootstrap_demo(db: Database, previous: dict[str, Any]) -> DemoCredentials:
+    """Create the demo account and operator once; reuse the credentials of `dev.json`."""
+    async with db.unit_of_work() as session:
+        account = next(
+            (a for a in await session.scalars(select(Account)) if a.settings.get(DEMO_MARKER)),
+            None,
+        )
+        api_key = previous.get("api_key")
+        if account is None:
+            account, _, api_key = await accounts.create_account(
+                session,
+                business_name="Amnex Demo",
+                contact_name="Demo Contact",
+                email="demo@demo.amnex.test",
+                phone="+13125550100",
+                country="US",
+                settings={DEMO_MARKER: True, "rate_limit_per_s": DEMO_RATE_LIMIT_PER_S},
+                actor=DEV_ACTOR,
+            )
+            await accounts.add_sender(
+                session,
+                account_id=account.id,
+                channel="email",
+                address=DEMO_EMAIL_SENDER,
+                is_default=True,
+                actor=DEV_ACTOR,
+            )
+            await accounts.add_sender(
+                session,
+                account_id=account.id,
+                channel="sms",
+                address=DEMO_SMS_SENDER,
+                is_default=True,
+                actor=DEV_ACTOR,
+            )
+        elif not await _key_is_live(session, account.id, api_key):
+            _, api_key = await accounts.create_api_key(
+                session,
+                account_id=account.id,
+                name="dev",
+                scopes="send,read,manage",
+                actor=DEV_ACTOR,
+            )
+        admin_token = previous.get("admin_token")
+        operator = await session.scalar(select(Operator).where(Operator.name == "dev"))
+        if operator is None:
+            _, admin_token = await accounts.create_operator(
+                session, name="dev", email=None, actor=DEV_ACTOR
+            )
+        elif not admin_token or operator.token_hash != accounts.hash_secret(admin_token):
+            admin_token = accounts.new_secret(accounts.OPERATOR_TOKEN_PREFIX)
+            operator.token_hash = accounts.hash_secret(admin_token)
+        return DemoCredentials(account.id, str(api_key), str(admin_token))
+
+
+async def _key_is_live(session: Any, account_id: str, api_key: str | None) -> bool:
+    if not api_key:
+        return False
+    key = await session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == accounts.hash_secret(api_key))
+    )
+    return key is not None and key.account_id == account_id and key.revoked_at is None
+
+
+def _read_previous(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write credentials readable by their owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def curl_example(api_url: str, api_key: str) -> str:
+    return (
+        f"curl -s {api_url}/v1/messages \\\n"
+        f"  -H 'Authorization: Bearer {api_key}' \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        '  -d \'{"channel": "email", "to": "someone@example.com", '
+        '"subject": "Hello", "body": "Sent through Amnex"}\''
+    )
+
+
+async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "info") -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
+    sink = SmtpSink(host="127.0.0.1", port=0)
+    await sink.start()
+    settings: Settings = load_settings(
+        dev_mode=True,
+        database_url=os.environ.get(
+            "AMNEX_DATABASE_URL", f"sqlite+aiosqlite:///{(data_dir / 'amnex.db').resolve()}"
+        ),
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        smtp_tls="none",
+        retry_base_s=1.0,
+        retry_max_s=30.0,
+    )
+    db = Database(settings)
+    await upgrade_database(db)
+    dev_json = data_dir / "dev.json"
+    creds = await bootstrap_demo(db, _read_previous(dev_json))
+
+    channel = SmtpChannel(settings)
+    await channel.start()
+    dispatcher = build_dispatcher(
+        settings, db, {"email": channel}, poll_interval_s=settings.poll_interval_s
+    )
+    rt = Runtime.build(settings, db=db, on_commit=dispatcher.wake)
+    rt.simulators["smtp"] = sink
+    app = create_app(rt, manage_lifecycle=False)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+        )
+    )
+    api_url = f"http://{host}:{port}"
+    _write_private(
+        dev_json,
+        json.dumps(
+            {
+                "api_url": api_url,
+                "api_key": creds.api_key,
+                "account_id": creds.account_id,
+                "admin_token": creds.admin_token,
+                "smtp": {"host": sink.host, "port": sink.port},
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    await rt.start()
+    dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
+    print(  # noqa: T201 - the dev command talks to the person who ran it
+        f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
+        f"Credentials: {dev_json}\n\nSend an email:\n\n{curl_example(api_url, creds.api_key)}\n\n"
+        f"Sink contents: curl -s {api_url}/_dev/smtp/messages\n",
+        flush=True,
+    )
+    try:
+        await server.serve()
+    finally:
+        dispatcher.stop()
+        with contextlib.suppress(Exception):
+            await dispatch_task
+        await rt.close(dispose_db=False)
+        await channel.close()
+        await sink.stop()
+        await db.dispose()

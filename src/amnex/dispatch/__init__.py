@@ -1,0 +1,1 @@
+"""Dispatch: claiming due messages with leases, sending them, retrying, recording outcomes."""

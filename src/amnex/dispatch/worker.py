@@ -1,0 +1,242 @@
+"""Dispatch: the worker loop — claim due messages, send them concurrently, record outcomes.
+
+Design note. The loop claims only as many messages as it has free send slots, so nothing
+claimed waits in memory behind other work. It sleeps until woken: by the in-process accept
+writer (`amnex dev`), by PostgreSQL `NOTIFY` (see `wakeup`), or by a poll timer
+(`poll_interval_s`, at most 100 ms, for separate processes on SQLite and for scheduled and
+retried messages whose time has come).
+
+On stop (SIGTERM) the loop stops claiming, lets sends in flight finish for up to
+`shutdown_grace_s`, then cancels what is left and gives those leases back, due at once. A
+worker killed outright (SIGKILL) gives nothing back: its leases expire after `lease_s` and
+another worker reclaims the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+
+from amnex.channels.base import (
+    Channel,
+    DeliveryError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+from amnex.clock import utc_now
+from amnex.db.engine import Database
+from amnex.db.ids import new_id
+from amnex.dispatch import claim
+from amnex.dispatch.retry import RetryPolicy, decide_retry
+from amnex.messages.status import Status
+from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[-6:]}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        channels: Mapping[str, Channel],
+        *,
+        retry: RetryPolicy,
+        batch_size: int,
+        concurrency: int,
+        lease_s: float,
+        poll_interval_s: float,
+        shutdown_grace_s: float,
+        owner: str | None = None,
+    ) -> None:
+        self._db = db
+        self._channels = channels
+        self._retry = retry
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._poll_interval_s = poll_interval_s
+        self._shutdown_grace_s = shutdown_grace_s
+        self.owner = owner or worker_name()
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._slot_free = asyncio.Event()
+
+    def wake(self, _count: int = 0) -> None:
+        """New work may be due (called by the accept writer or a NOTIFY listener)."""
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self) -> None:
+        log.info("dispatcher %s started", self.owner)
+        try:
+            while not self._stopping.is_set():
+                free = self._concurrency - len(self._inflight)
+                claimed = 0
+                if free > 0:
+                    claimed = await self._claim_and_start(min(free, self._batch_size))
+                if claimed and claimed == min(free, self._batch_size):
+                    continue  # more may be due right now
+                await self._sleep()
+        finally:
+            await self._drain()
+            log.info("dispatcher %s stopped", self.owner)
+
+    async def _sleep(self) -> None:
+        self._wakeup.clear()
+        self._slot_free.clear()
+        waiters = [
+            asyncio.ensure_future(self._wakeup.wait()),
+            asyncio.ensure_future(self._slot_free.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _claim_and_start(self, limit: int) -> int:
+        try:
+            async with self._db.unit_of_work() as session:
+                batch = await claim.claim_due_messages(
+                    session, owner=self.owner, limit=limit, lease_s=self._lease_s, now=utc_now()
+                )
+        except Exception:
+            log.exception("claim failed; retrying after the poll interval")
+            await asyncio.sleep(self._poll_interval_s)
+            return 0
+        for item in batch:
+            task = asyncio.create_task(self._deliver(item), name=f"send-{item.outbound.id}")
+            self._inflight[item.outbound.id] = task
+            task.add_done_callback(self._done_callback(item.outbound.id))
+        return len(batch)
+
+    def _done_callback(self, message_id: str) -> Callable[[asyncio.Task[None]], None]:
+        return lambda _task: self._done(message_id)
+
+    def _done(self, message_id: str) -> None:
+        self._inflight.pop(message_id, None)
+        self._slot_free.set()
+
+    async def _deliver(self, item: claim.ClaimedMessage) -> None:
+        message = item.outbound
+        channel = self._channels.get(message.channel)
+        try:
+            if channel is None:
+                raise PermanentDeliveryError(
+                    "no_route", f"no carrier connection for {message.channel}"
+                )
+            result = await channel.send(message)
+        except DeliveryError as exc:
+            await self._record_error(item, exc)
+            return
+        except Exception as exc:  # a channel bug must not lose the message: retry it
+            log.exception("channel %s raised unexpectedly for %s", message.channel, message.id)
+            await self._record_error(
+                item, TemporaryDeliveryError("internal_error", f"{type(exc).__name__}")
+            )
+            return
+        await self._record(
+            claim.record_submitted,
+            message_id=message.id,
+            status=Status(result.status),
+            provider_message_id=result.provider_message_id,
+            detail=result.detail,
+        )
+        DISPATCH_OUTCOMES.labels(channel=message.channel, outcome=result.status).inc()
+        if result.status == "delivered":
+            MESSAGES_DELIVERED.labels(channel=message.channel).inc()
+
+    async def _record_error(self, item: claim.ClaimedMessage, exc: DeliveryError) -> None:
+        message = item.outbound
+        now = utc_now()
+        if isinstance(exc, TemporaryDeliveryError):
+            decision = decide_retry(
+                self._retry,
+                attempt=message.attempt,
+                now=now,
+                created_at=message.created_at,
+                expires_at=item.expires_at,
+                error_code=exc.code,
+                retry_after_s=exc.retry_after_s,
+            )
+            if decision.retry_at is not None:
+                await self._record(
+                    claim.record_retry,
+                    message_id=message.id,
+                    code=exc.code,
+                    text=exc.message,
+                    raw_code=exc.raw_code,
+                    retry_at=decision.retry_at,
+                )
+                DISPATCH_OUTCOMES.labels(channel=message.channel, outcome="retry").inc()
+                return
+            code = decision.give_up_code or exc.code
+            text = (
+                "the validity period ended while retrying: " + exc.message
+                if code == "expired"
+                else "gave up after retrying: " + exc.message
+            )
+        else:
+            code, text = exc.code, exc.message
+        await self._record(
+            claim.record_failed,
+            message_id=message.id,
+            code=code,
+            text=text,
+            raw_code=exc.raw_code,
+            detail=exc.detail or None,
+        )
+        DISPATCH_OUTCOMES.labels(channel=message.channel, outcome="failed").inc()
+
+    async def _record(self, recorder: claim.Recorder, **kwargs: object) -> None:
+        """Write an outcome; keep trying while the database is away (the lease protects us)."""
+        delay_s = 0.1
+        while True:
+            try:
+                async with self._db.unit_of_work() as session:
+                    await recorder(session, owner=self.owner, now=utc_now(), **kwargs)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording an outcome failed; retrying")
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        tasks = list(self._inflight.values())
+        _, pending = await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
+        if not pending:
+            return
+        ids = [mid for mid, task in self._inflight.items() if task in pending]
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            async with self._db.unit_of_work() as session:
+                released = await claim.release_leases(
+                    session, owner=self.owner, message_ids=ids, now=utc_now()
+                )
+            log.info("released %d leases at shutdown", released)

@@ -1,0 +1,157 @@
+"""Errors: the tree every stage raises from, with stable codes and HTTP statuses.
+
+    AmnexError                      code            status
+    ├── InvalidRequest              invalid_request  400   (malformed JSON, wrong types, ...)
+    │   ├── PayloadTooLarge         payload_too_large 413
+    │   └── ValidationFailed        validation_failed 422  (field-level detail in `errors`)
+    │       ├── InvalidAddress      invalid_address   422
+    │       ├── SenderNotAllowed    sender_not_allowed 422
+    │       ├── SendAtInPast        send_at_in_past   422
+    │       └── NoRoute             no_route          422
+    ├── AuthenticationFailed        unauthorized      401
+    ├── PermissionDenied            forbidden         403
+    │   └── TlsRequired             tls_required      403
+    ├── NotFound                    not_found         404
+    ├── Conflict                    conflict          409
+    │   ├── IdempotencyKeyReused    idempotency_key_reused 409
+    │   └── InvalidTransition       invalid_status_transition 409
+    ├── RateLimited                 rate_limited      429  (carries retry_after_s)
+    └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
+        └── DatabaseUnavailable     database_unavailable 503
+
+Delivery errors raised by channels are a separate family (`channels.base`): they never reach
+an HTTP client, they decide retries.
+
+Every error renders as RFC 9457 problem+json by `api.problems`; the table of codes lives in
+`docs/api.md` and is checked against this module by a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AmnexError(Exception):
+    """Base of every error with a stable code an API client can rely on."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra: dict[str, Any] = extra
+
+
+class InvalidRequest(AmnexError):
+    code = "invalid_request"
+    status = 400
+    title = "The request is malformed"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+    status = 413
+    title = "The request body is too large"
+
+
+class ValidationFailed(InvalidRequest):
+    code = "validation_failed"
+    status = 422
+    title = "The request failed validation"
+
+
+class InvalidAddress(ValidationFailed):
+    code = "invalid_address"
+    title = "The address is not valid for this channel"
+
+
+class SenderNotAllowed(ValidationFailed):
+    code = "sender_not_allowed"
+    title = "The account may not send from this address"
+
+
+class SendAtInPast(ValidationFailed):
+    code = "send_at_in_past"
+    title = "send_at is in the past"
+
+
+class NoRoute(ValidationFailed):
+    code = "no_route"
+    title = "No carrier connection can deliver this message"
+
+
+class AuthenticationFailed(AmnexError):
+    code = "unauthorized"
+    status = 401
+    title = "Missing, invalid or revoked credentials"
+
+
+class PermissionDenied(AmnexError):
+    code = "forbidden"
+    status = 403
+    title = "The credentials do not allow this action"
+
+
+class TlsRequired(PermissionDenied):
+    code = "tls_required"
+    title = "Credentials must be sent over HTTPS"
+
+
+class NotFound(AmnexError):
+    code = "not_found"
+    status = 404
+    title = "No such resource"
+
+
+class Conflict(AmnexError):
+    code = "conflict"
+    status = 409
+    title = "The request conflicts with the resource's state"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+    title = "The Idempotency-Key was used with a different request"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_status_transition"
+    title = "The message cannot move to that status"
+
+
+class RateLimited(AmnexError):
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailable(AmnexError):
+    code = "service_unavailable"
+    status = 503
+    title = "The service is briefly unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    title = "The database is briefly unavailable"
+
+
+def all_error_classes() -> list[type[AmnexError]]:
+    """Every error class in the tree, base first (for docs and the code-table test)."""
+    found: list[type[AmnexError]] = []
+    pending: list[type[AmnexError]] = [AmnexError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,1 @@
+"""Messages: accept — request schemas, the message table, the status machine, the submit path."""

@@ -1,0 +1,210 @@
+"""Messages: the group-commit writer that makes acceptance durable and fast.
+
+Design note. Each `POST /v1/messages` validates its message, hands the rows to this writer
+and awaits a future. A writer task takes whatever has queued (up to `accept_batch_max`
+messages), inserts it in one transaction and resolves every future after the commit: the
+HTTP response is sent only once the message is on disk, but one fsync serves the whole batch
+(`shared/notes/accept-path.md`). Under light load a batch is one message.
+
+A batch that fails on a constraint (an Idempotency-Key raced by two requests) is retried one
+message per transaction, so one bad row fails only its own request. A database that is briefly
+unavailable is retried with backoff for `accept_db_retry_s`; after that the waiting requests
+get `database_unavailable` (503 with Retry-After) — never a 500, never a half-written message.
+
+After each commit, `on_commit` is called with the number of messages written (the in-process
+dispatcher's wake-up); on PostgreSQL the transaction also sends `NOTIFY amnex_dispatch`, which
+PostgreSQL delivers to listening workers only if the commit succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from amnex.db.engine import Database
+from amnex.errors import DatabaseUnavailable, ServiceUnavailable
+from amnex.messages.models import IdempotencyRecord, Message, MessageEvent
+from amnex.messages.service import PreparedMessage
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "amnex_dispatch"
+
+_INSERT_KEYS = insert(IdempotencyRecord)
+_INSERT_MESSAGES = insert(Message)
+_INSERT_EVENTS = insert(MessageEvent)
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another request committed the same Idempotency-Key first; the caller looks it up."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: PreparedMessage
+    idempotency: dict[str, Any] | None
+    future: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class AcceptWriter:
+    """Batches accepted messages into few transactions. One per process (SQLite: one writer)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        writers: int,
+        batch_max: int,
+        db_retry_s: float,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._writers = writers
+        self._batch_max = batch_max
+        self._db_retry_s = db_retry_s
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"accept-writer-{i}")
+            for i in range(self._writers)
+        ]
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closing = True
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def submit(
+        self, message: PreparedMessage, idempotency: dict[str, Any] | None = None
+    ) -> None:
+        """Return once the message is committed. Raises DuplicateIdempotencyKey or 503s."""
+        if self._closing:
+            raise ServiceUnavailable("shutting down; retry on another instance", retry_after_s=1)
+        pending = _Pending(message, idempotency)
+        self._queue.put_nowait(pending)
+        await pending.future
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            await self._insert_with_retry(batch)
+        except IntegrityError:
+            # One row broke a constraint: give every message its own transaction so only the
+            # offending request fails.
+            for pending in batch:
+                await self._write_one(pending)
+            return
+        except DatabaseUnavailable as exc:
+            for pending in batch:
+                _settle(pending, exc)
+            return
+        except Exception as exc:
+            log.exception("accept batch failed")
+            for pending in batch:
+                _settle(pending, exc)
+            return
+        for pending in batch:
+            _settle(pending, None)
+        if self._on_commit is not None:
+            self._on_commit(len(batch))
+
+    async def _write_one(self, pending: _Pending) -> None:
+        try:
+            await self._insert_with_retry([pending])
+        except IntegrityError as exc:
+            _settle(pending, DuplicateIdempotencyKey() if pending.idempotency else exc)
+            return
+        except Exception as exc:
+            _settle(pending, exc)
+            return
+        _settle(pending, None)
+        if self._on_commit is not None:
+            self._on_commit(1)
+
+    async def _insert_with_retry(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._db_retry_s
+        delay_s = 0.05
+        while True:
+            try:
+                await self._insert(batch)
+                return
+            except IntegrityError:
+                raise
+            except (OperationalError, DBAPIError, OSError) as exc:
+                if isinstance(exc, DBAPIError) and not _is_transient(exc):
+                    raise
+                if loop.time() + delay_s > deadline:
+                    log.warning("database unavailable for accept: %s", type(exc).__name__)
+                    raise DatabaseUnavailable(
+                        "the message was not stored; retry shortly", retry_after_s=2
+                    ) from exc
+                await asyncio.sleep(delay_s * (0.5 + random.random() / 2))
+                delay_s = min(delay_s * 2, 0.5)
+
+    async def _insert(self, batch: list[_Pending]) -> None:
+        rows = [p.message.row for p in batch]
+        events = [p.message.event for p in batch]
+        keys = [p.idempotency for p in batch if p.idempotency is not None]
+        async with self._db.engine.begin() as conn:
+            if keys:
+                await conn.execute(_INSERT_KEYS, keys)
+            await conn.execute(_INSERT_MESSAGES, rows)
+            await conn.execute(_INSERT_EVENTS, events)
+            if not self._db.is_sqlite:
+                await conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Connection-level failures and lock timeouts are worth retrying; bad SQL is not."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    text = str(exc.orig).lower()
+    return any(
+        word in text
+        for word in ("connection", "database is locked", "shutting down", "terminat", "starting up")
+    )
+
+
+def _settle(pending: _Pending, error: BaseException | None) -> None:
+    if pending.future.done():
+        return
+    if error is None:
+        pending.future.set_result(None)
+    else:
+        pending.future.set_exception(error)

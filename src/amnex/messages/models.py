@@ -1,0 +1,90 @@
+"""Messages: the message table (a row is also its dispatch job), its events, idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from amnex.db.base import Base
+
+EVENT_PK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The dispatch queue: claim due rows by status, oldest due first.
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "account_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    channel: Mapped[str] = mapped_column(String(8))
+    direction: Mapped[str] = mapped_column(String(8), default="outbound")
+    from_addr: Mapped[str] = mapped_column(String(400))
+    to_addr: Mapped[str] = mapped_column(String(320))
+    category: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(12))
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(String(500))
+    provider_error_code: Mapped[str | None] = mapped_column(String(40))
+    provider_message_id: Mapped[str | None] = mapped_column(String(120))
+    provider_detail: Mapped[dict[str, Any] | None]
+    # Content: null once purged (policy §5).
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    content_purged_at: Mapped[datetime | None]
+    segments: Mapped[int | None]
+    encoding: Mapped[str | None] = mapped_column(String(12))
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 6))
+    send_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    status_callback: Mapped[str | None] = mapped_column(String(2048))
+    meta: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    # The job: due time, attempts, and the lease of the worker that holds it.
+    next_attempt_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]
+    event_seq: Mapped[int] = mapped_column(default=0)
+
+
+class MessageEvent(Base):
+    """One status transition: what, when, in which order, and why."""
+
+    __tablename__ = "message_events"
+    __table_args__ = (Index(None, "message_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(EVENT_PK, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    account_id: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int]
+    status: Mapped[str] = mapped_column(String(12))
+    at: Mapped[datetime]
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any] | None]
+
+
+class IdempotencyRecord(Base):
+    """An Idempotency-Key seen on a POST: only hashes are kept, and the id it created."""
+
+    __tablename__ = "idempotency_keys"
+
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(40))
+    status_code: Mapped[int]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

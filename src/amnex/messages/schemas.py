@@ -1,0 +1,109 @@
+"""Messages: the API's request and response shapes for messages and their events."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+Channel = Literal["email", "sms", "mms", "push"]
+Category = Literal["transactional", "marketing"]
+
+METADATA_MAX_KEYS = 50
+METADATA_MAX_BYTES = 4096
+MetadataValue = str | int | float | bool | None
+
+
+class SendMessageRequest(BaseModel):
+    """Body of `POST /v1/messages`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+
+    channel: Channel
+    to: str = Field(min_length=1, max_length=320)
+    from_: str | None = Field(None, alias="from", min_length=1, max_length=400)
+    subject: str | None = Field(None, max_length=998)
+    body: str | None = Field(None, max_length=262_144)
+    html: str | None = Field(None, max_length=524_288)
+    send_at: AwareDatetime | None = None
+    validity_period_s: int | None = Field(None, ge=1, le=30 * 86_400)
+    category: Category = "transactional"
+    status_callback: HttpUrl | None = None
+    metadata: dict[str, MetadataValue] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(
+        cls, value: dict[str, MetadataValue] | None
+    ) -> dict[str, MetadataValue] | None:
+        if value is None:
+            return None
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"at most {METADATA_MAX_KEYS} keys")
+        if any(len(key) > 64 for key in value):
+            raise ValueError("keys are at most 64 characters")
+        if len(json.dumps(value, separators=(",", ":"))) > METADATA_MAX_BYTES:
+            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
+        return value
+
+    @field_validator("status_callback")
+    @classmethod
+    def _short_callback(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is not None and len(str(value)) > 2048:
+            raise ValueError("at most 2048 characters")
+        return value
+
+
+class MessageOut(BaseModel):
+    """The message object, as DESIGN.md defines it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    account_id: str
+    channel: Channel
+    direction: Literal["outbound", "inbound"]
+    from_: str = Field(serialization_alias="from", validation_alias="from")
+    to: str
+    category: Category
+    status: str
+    error_code: str | None
+    error_message: str | None
+    provider_error_code: str | None
+    segments: int | None
+    encoding: str | None
+    price: Decimal | None
+    subject: str | None
+    body: str | None
+    html: str | None
+    content_purged_at: datetime | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    status_callback: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    failed_at: datetime | None
+    metadata: dict[str, Any] | None
+
+
+class MessageList(BaseModel):
+    data: list[MessageOut]
+    next_cursor: str | None
+
+
+class MessageEventOut(BaseModel):
+    seq: int
+    status: str
+    at: datetime
+    error_code: str | None
+    detail: dict[str, Any] | None
+
+
+class MessageEventList(BaseModel):
+    data: list[MessageEventOut]

@@ -1,0 +1,359 @@
+"""Messages: turning a send request into a message row, and reading, listing, canceling messages.
+
+`prepare_message` is pure (no I/O): the accept path validates and builds the row before it is
+handed to the group-commit writer (`messages.accept`), so a rejected request never touches the
+database. Validation does no network look-ups: no DNS at accept time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import formataddr, parseaddr
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amnex.accounts.service import KeyContext
+from amnex.db.ids import looks_like_id, new_id
+from amnex.errors import (
+    InvalidAddress,
+    InvalidRequest,
+    NoRoute,
+    NotFound,
+    SendAtInPast,
+    SenderNotAllowed,
+    ValidationFailed,
+)
+from amnex.messages.models import Message, MessageEvent
+from amnex.messages.schemas import MessageOut, SendMessageRequest
+from amnex.messages.status import CANCELABLE_STATUSES, Status, check_transition
+
+SEND_AT_MAX_AHEAD = timedelta(days=35)
+# A send_at slightly in the past (clock skew, a slow client) means "now", not an error.
+SEND_AT_SKEW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """A validated message ready to insert: the row and its first event."""
+
+    row: dict[str, Any]
+    event: dict[str, Any]
+
+
+def normalise_email_address(address: str, *, field: str) -> str:
+    try:
+        result = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(f"{field}: {exc}", field=field) from exc
+    return result.normalized
+
+
+def normalise_phone_number(address: str, *, field: str) -> str:
+    try:
+        number = phonenumbers.parse(address, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidAddress(f"{field}: not an E.164 number ({exc})", field=field) from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidAddress(f"{field}: {address!r} is not a valid phone number", field=field)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_recipient(channel: str, to: str) -> str:
+    if channel == "email":
+        if "<" in to or "," in to:
+            raise InvalidAddress("to: one bare email address, without a display name", field="to")
+        return normalise_email_address(to, field="to")
+    if channel in ("sms", "mms"):
+        return normalise_phone_number(to, field="to")
+    if not to.strip():
+        raise InvalidAddress("to: a device token is required", field="to")
+    return to
+
+
+def resolve_sender(ctx: KeyContext, channel: str, requested: str | None) -> str:
+    """The `from` to use: the requested sender if the account may use it, else its default."""
+    allowed = ctx.senders.get(channel, frozenset())
+    if requested is None:
+        default = ctx.default_senders.get(channel)
+        if default is None:
+            raise ValidationFailed(
+                f"from: the account has no default {channel} sender; give one", field="from"
+            )
+        return default
+    if channel != "email":
+        if requested not in allowed:
+            raise SenderNotAllowed(f"from: {requested!r} is not a sender of this account")
+        return requested
+    name, addr = parseaddr(requested)
+    if "@" not in addr:
+        raise InvalidAddress(f"from: {requested!r} is not an email address", field="from")
+    addr = normalise_email_address(addr, field="from")
+    lowered = addr.lower()
+    domain = "@" + lowered.rpartition("@")[2]
+    if lowered not in allowed and domain not in allowed:
+        raise SenderNotAllowed(
+            f"from: {addr} is not a verified address or domain of this account", field="from"
+        )
+    return formataddr((name, addr)) if name else addr
+
+
+def prepare_message(
+    ctx: KeyContext,
+    request: SendMessageRequest,
+    *,
+    now: datetime,
+    routable_channels: frozenset[str],
+) -> PreparedMessage:
+    """Validate a send request against the account and build its row. Raises AmnexError."""
+    channel = request.channel
+    to = normalise_recipient(channel, request.to)
+    if channel == "email":
+        if not request.subject:
+            raise ValidationFailed("subject: required for email", field="subject")
+        if not request.body and not request.html:
+            raise ValidationFailed("body or html: email needs at least one", field="body")
+    elif not request.body:
+        raise ValidationFailed(f"body: required for {channel}", field="body")
+    from_addr = resolve_sender(ctx, channel, request.from_)
+    if channel not in routable_channels:
+        raise NoRoute(
+            f"channel: no carrier connection is configured for {channel}", field="channel"
+        )
+
+    send_at = request.send_at
+    status = Status.QUEUED
+    due = now
+    if send_at is not None:
+        if send_at < now - SEND_AT_SKEW:
+            raise SendAtInPast(f"send_at: {send_at.isoformat()} is in the past", field="send_at")
+        if send_at > now + SEND_AT_MAX_AHEAD:
+            raise ValidationFailed("send_at: at most 35 days ahead", field="send_at")
+        if send_at > now:
+            status = Status.SCHEDULED
+            due = send_at
+    expires_at = (
+        max(now, send_at or now) + timedelta(seconds=request.validity_period_s)
+        if request.validity_period_s
+        else None
+    )
+    message_id = new_id("msg")
+    row: dict[str, Any] = {
+        "id": message_id,
+        "account_id": ctx.account_id,
+        "channel": channel,
+        "direction": "outbound",
+        "from_addr": from_addr,
+        "to_addr": to,
+        "category": request.category,
+        "status": status.value,
+        "error_code": None,
+        "error_message": None,
+        "provider_error_code": None,
+        "provider_message_id": None,
+        "provider_detail": None,
+        "subject": request.subject,
+        "body": request.body,
+        "html": request.html,
+        "content_purged_at": None,
+        "segments": None,
+        "encoding": None,
+        "price": None,
+        "send_at": send_at,
+        "expires_at": expires_at,
+        "status_callback": str(request.status_callback) if request.status_callback else None,
+        "meta": request.metadata,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+        "delivered_at": None,
+        "failed_at": None,
+        "next_attempt_at": due,
+        "attempts": 0,
+        "lease_owner": None,
+        "lease_until": None,
+        "event_seq": 1,
+    }
+    event: dict[str, Any] = {
+        "message_id": message_id,
+        "account_id": ctx.account_id,
+        "seq": 1,
+        "status": status.value,
+        "at": now,
+        "error_code": None,
+        "detail": {"send_at": due.isoformat()} if status is Status.SCHEDULED else None,
+    }
+    return PreparedMessage(row=row, event=event)
+
+
+def message_out(message: Message | Mapping[str, Any]) -> MessageOut:
+    """The API shape of a message row (an ORM object or a freshly inserted row dict)."""
+    get = message.get if isinstance(message, Mapping) else message.__dict__.get
+    return MessageOut.model_validate(
+        {
+            "id": get("id"),
+            "account_id": get("account_id"),
+            "channel": get("channel"),
+            "direction": get("direction"),
+            "from": get("from_addr"),
+            "to": get("to_addr"),
+            "category": get("category"),
+            "status": get("status"),
+            "error_code": get("error_code"),
+            "error_message": get("error_message"),
+            "provider_error_code": get("provider_error_code"),
+            "segments": get("segments"),
+            "encoding": get("encoding"),
+            "price": get("price"),
+            "subject": get("subject"),
+            "body": get("body"),
+            "html": get("html"),
+            "content_purged_at": get("content_purged_at"),
+            "send_at": get("send_at"),
+            "expires_at": get("expires_at"),
+            "status_callback": get("status_callback"),
+            "attempts": get("attempts"),
+            "created_at": get("created_at"),
+            "updated_at": get("updated_at"),
+            "sent_at": get("sent_at"),
+            "delivered_at": get("delivered_at"),
+            "failed_at": get("failed_at"),
+            "metadata": get("meta"),
+        }
+    )
+
+
+async def get_message(session: AsyncSession, account_id: str, message_id: str) -> Message | None:
+    if not looks_like_id(message_id, "msg"):
+        return None
+    message = await session.get(Message, message_id)
+    if message is None or message.account_id != account_id:
+        return None
+    return message
+
+
+async def get_message_or_raise(session: AsyncSession, account_id: str, message_id: str) -> Message:
+    message = await get_message(session, account_id, message_id)
+    if message is None:
+        raise NotFound(f"no message {message_id}")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    status: str | None = None
+    channel: str | None = None
+    to: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(message_id: str) -> str:
+    return base64.urlsafe_b64encode(message_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidRequest("cursor: not a cursor this API returned", field="cursor") from exc
+    if not looks_like_id(value, "msg"):
+        raise InvalidRequest("cursor: not a cursor this API returned", field="cursor")
+    return value
+
+
+async def list_messages(
+    session: AsyncSession,
+    account_id: str,
+    filters: MessageFilter,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Message], str | None]:
+    """Newest first; ids are time-ordered, so the cursor is the last id seen."""
+    query: Select[Message] = select(Message).where(Message.account_id == account_id)
+    if filters.status:
+        query = query.where(Message.status == filters.status)
+    if filters.channel:
+        query = query.where(Message.channel == filters.channel)
+    if filters.to:
+        query = query.where(Message.to_addr == filters.to)
+    if filters.created_after:
+        query = query.where(Message.created_at >= filters.created_after)
+    if filters.created_before:
+        query = query.where(Message.created_at < filters.created_before)
+    if cursor:
+        query = query.where(Message.id < decode_cursor(cursor))
+    rows = list(await session.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def list_events(session: AsyncSession, message_id: str) -> list[MessageEvent]:
+    rows = await session.scalars(
+        select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.seq)
+    )
+    return list(rows)
+
+
+def add_event(
+    session: AsyncSession,
+    message: Message,
+    status: Status,
+    *,
+    at: datetime,
+    error_code: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> MessageEvent:
+    """Record a transition already applied to `message` (bumps its event sequence)."""
+    message.event_seq += 1
+    event = MessageEvent(
+        message_id=message.id,
+        account_id=message.account_id,
+        seq=message.event_seq,
+        status=status.value,
+        at=at,
+        error_code=error_code,
+        detail=detail,
+    )
+    session.add(event)
+    return event
+
+
+def transition(
+    session: AsyncSession,
+    message: Message,
+    target: Status,
+    *,
+    at: datetime,
+    error_code: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Move a message to `target` through the transition table, with its event."""
+    check_transition(Status(message.status), target)
+    message.status = target.value
+    message.updated_at = at
+    add_event(session, message, target, at=at, error_code=error_code, detail=detail)
+
+
+async def cancel_message(
+    session: AsyncSession, account_id: str, message_id: str, *, now: datetime
+) -> Message:
+    """Cancel a scheduled or queued message; a message already being sent cannot be recalled."""
+    query = select(Message).where(Message.id == message_id).with_for_update()
+    message = await session.scalar(query) if looks_like_id(message_id, "msg") else None
+    if message is None or message.account_id != account_id:
+        raise NotFound(f"no message {message_id}")
+    if Status(message.status) not in CANCELABLE_STATUSES:
+        check_transition(Status(message.status), Status.CANCELED)
+    transition(session, message, Status.CANCELED, at=now, detail={"source": "api"})
+    message.next_attempt_at = None
+    message.failed_at = None
+    return message

@@ -1,0 +1,70 @@
+"""Wiring: the long-lived parts one process shares (database, auth cache, limiter, writer).
+
+Built once in an entry point from Settings and handed to `create_app` and the worker; nothing
+here is created at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from amnex.api.auth import Authenticator
+from amnex.api.ratelimit import RateLimiter
+from amnex.config import Settings
+from amnex.db.engine import Database
+from amnex.messages.accept import AcceptWriter
+
+
+def routable_channels(settings: Settings) -> frozenset[str]:
+    """Channels with a configured carrier connection; others are refused with `no_route`."""
+    channels = set()
+    if settings.smtp_host:
+        channels.add("email")
+    return frozenset(channels)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    auth: Authenticator
+    limiter: RateLimiter
+    writer: AcceptWriter
+    routable_channels: frozenset[str]
+    # In `amnex dev` only: the simulators, inspectable under /_dev/.
+    simulators: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        db: Database | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> Runtime:
+        db = db or Database(settings)
+        return cls(
+            settings=settings,
+            db=db,
+            auth=Authenticator(db, settings.api_key_cache_ttl_s),
+            limiter=RateLimiter(settings.redis_url),
+            writer=AcceptWriter(
+                db,
+                writers=settings.effective_accept_writers,
+                batch_max=settings.accept_batch_max,
+                db_retry_s=settings.accept_db_retry_s,
+                on_commit=on_commit,
+            ),
+            routable_channels=routable_channels(settings),
+        )
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def close(self, *, dispose_db: bool = True) -> None:
+        await self.writer.close()
+        await self.auth.close()
+        if dispose_db:
+            await self.db.dispose()

@@ -1,0 +1,71 @@
+"""Wiring: the `amnex worker` process — dispatcher, channels, wake-ups, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from amnex.channels.base import Channel
+from amnex.channels.registry import build_channels
+from amnex.config import Settings
+from amnex.db.engine import Database
+from amnex.dispatch.retry import RetryPolicy
+from amnex.dispatch.wakeup import PgListener
+from amnex.dispatch.worker import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+def build_dispatcher(
+    settings: Settings, db: Database, channels: dict[str, Channel], *, poll_interval_s: float
+) -> Dispatcher:
+    return Dispatcher(
+        db,
+        channels,
+        retry=RetryPolicy(
+            base_s=settings.retry_base_s,
+            max_s=settings.retry_max_s,
+            max_age_s=settings.max_retry_age_s,
+        ),
+        batch_size=settings.claim_batch_size,
+        concurrency=settings.worker_concurrency,
+        lease_s=settings.lease_s,
+        poll_interval_s=poll_interval_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then finish or release in-flight work and exit."""
+    from amnex.db.migrate import schema_is_current
+
+    db = Database(settings)
+    if not await schema_is_current(db):
+        await db.dispose()
+        raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
+    channels = build_channels(settings)
+    for channel in channels.values():
+        await channel.start()
+    listener: PgListener | None = None
+    # With LISTEN/NOTIFY new messages wake the worker at once; the timer only finds scheduled
+    # and retried messages whose time has come.
+    poll_s = settings.poll_interval_s if db.is_sqlite else max(settings.poll_interval_s, 0.5)
+    dispatcher = build_dispatcher(settings, db, channels, poll_interval_s=poll_s)
+    if not db.is_sqlite:
+        listener = PgListener(settings.database_url, dispatcher.wake)
+        await listener.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, dispatcher.stop)
+    log.info("worker %s running; channels: %s", dispatcher.owner, ", ".join(channels) or "none")
+    try:
+        await dispatcher.run()
+    finally:
+        if listener is not None:
+            await listener.close()
+        for channel in channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await db.dispose()
