@@ -66,5 +66,6 @@ class Runtime:
     async def close(self, *, dispose_db: bool = True) -> None:
         await self.writer.close()
         await self.auth.close()
+        await self.limiter.close()
         if dispose_db:
             await self.db.dispose()

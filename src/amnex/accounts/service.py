@@ -278,7 +278,7 @@ async def load_key_context(session: AsyncSession, key_hash: str) -> KeyContext |
     ).first()
     if row is None:
         return None
-    key, account = row.tuple()
+    key, account = row
     if key.revoked_at is not None or account.status != "active":
         return None
     senders: dict[str, set[str]] = {}

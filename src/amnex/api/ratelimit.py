@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis.asyncio
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
@@ -36,9 +37,16 @@ class RateDecision:
 class RateLimiter:
     def __init__(self, redis_url: str | None) -> None:
         self._storage: Storage
+        self._pool: redis.asyncio.ConnectionPool | None = None
         if redis_url:
-            scheme = redis_url.split("://", 1)
-            self._storage = RedisStorage("async+redis://" + scheme[-1])
+            # redis-py (a chosen dependency) rather than the library's default client; the
+            # pool is ours so that close() can release its connections.
+            self._pool = redis.asyncio.ConnectionPool.from_url(redis_url)
+            self._storage = RedisStorage(
+                "async+" + redis_url.split("://", 1)[0] + "://" + redis_url.split("://", 1)[1],
+                implementation="redispy",
+                connection_pool=self._pool,
+            )
         else:
             self._storage = MemoryStorage()
         self._limiter = FixedWindowRateLimiter(self._storage)
@@ -56,6 +64,10 @@ class RateLimiter:
             return RateDecision(True, per_s, per_s, 1)
         reset_s = max(1, math.ceil(stats.reset_time - time.time()))
         return RateDecision(allowed, per_s, max(0, stats.remaining), reset_s)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def check_storage(self) -> bool:
         try:

@@ -322,4 +322,7 @@ def _body(message: EmailMessage, subtype: str) -> str | None:
     except (LookupError, ValueError):
         # An unknown charset or a broken transfer encoding: the sink records what it can.
         return None
-    return content if isinstance(content, str) else None
+    if not isinstance(content, str):
+        return None
+    # Bodies travel with CRLF line ends; readers of the sink want text as Python writes it.
+    return content.replace("\r\n", "\n")

@@ -1,0 +1,171 @@
+"""Test fixtures: a real database (SQLite, or PostgreSQL when AMNEX_TEST_DATABASE_URL names
+one), real sockets, and Redis when AMNEX_TEST_REDIS_URL is set.
+
+With CI=true a configured PostgreSQL or Redis that cannot be reached fails the run instead of
+skipping tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy.engine import make_url
+
+from amnex.config import Settings
+from amnex.db.engine import Database
+from amnex.db.migrate import upgrade_database
+from amnex.simulators.smtp_sink import SmtpSink
+from support import AccountHandle, make_account, truncate_all
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _suite_url() -> str | None:
+    return os.environ.get("AMNEX_TEST_DATABASE_URL")
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith("postgres")
+
+
+async def _create_pg_database(base_url: str) -> str:
+    """A fresh database for this test session, so runs never see each other's rows."""
+    url = make_url(base_url)
+    name = f"amnex_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+
+
+async def _drop_pg_database(base_url: str, url: str) -> None:
+    name = make_url(url).database
+    admin = await asyncpg.connect(
+        make_url(base_url).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = _suite_url()
+    if base is None or not _is_postgres(base):
+        path = tmp_path_factory.mktemp("db") / "amnex.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        asyncio.run(_migrate(url))
+        yield url
+        return
+    base = Settings(database_url=base).database_url
+    try:
+        url = asyncio.run(_create_pg_database(base))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if IN_CI:
+            pytest.exit(f"PostgreSQL configured but unreachable in CI: {exc}", returncode=3)
+        pytest.skip(f"PostgreSQL not reachable at {base}: {exc}")
+    asyncio.run(_migrate(url))
+    yield url
+    asyncio.run(_drop_pg_database(base, url))
+
+
+async def _migrate(url: str) -> None:
+    db = Database(Settings(database_url=url))
+    try:
+        await upgrade_database(db)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str | None:
+    url = os.environ.get("AMNEX_TEST_REDIS_URL")
+    if url is None:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.exit(f"Redis configured but unreachable in CI: {exc}", returncode=3)
+        return None
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def on_postgres(database_url: str) -> bool:
+    return _is_postgres(database_url)
+
+
+@pytest.fixture
+def base_settings(database_url: str, redis_url: str | None) -> Settings:
+    """Settings for the suite's database; tests add what they need with model_copy(update=…)."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        poll_interval_s=0.05,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        lease_s=30,
+        shutdown_grace_s=5,
+    )
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    server = SmtpSink(host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, sink: SmtpSink) -> Settings:
+    return base_settings.model_copy(
+        update={"smtp_host": sink.host, "smtp_port": sink.port, "smtp_tls": "none"}
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings)
+    try:
+        yield database
+    finally:
+        await truncate_all(database)
+        await database.dispose()
+
+
+@pytest.fixture
+async def account(db: Database) -> AccountHandle:
+    return await make_account(db)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    url = _suite_url()
+    if url is not None and _is_postgres(url):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: runs in the PostgreSQL pass of .ci/run")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

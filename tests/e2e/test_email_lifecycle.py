@@ -1,0 +1,64 @@
+"""End to end over real sockets: API → store → worker → SMTP sink → delivered."""
+
+from __future__ import annotations
+
+from amnex.config import Settings
+from amnex.db.engine import Database
+from amnex.simulators.smtp_sink import SmtpSink
+from amnex.worker_process import build_dispatcher
+from support import AccountHandle, serve_api, wait_for_status
+
+
+async def test_email_is_accepted_delivered_and_its_events_are_in_order(
+    settings: Settings, db: Database, sink: SmtpSink, account: AccountHandle
+) -> None:
+    from amnex.channels.registry import build_channels
+
+    channels = build_channels(settings)
+    for channel in channels.values():
+        await channel.start()
+
+    def dispatcher(database: Database):  # type: ignore[no-untyped-def]
+        return build_dispatcher(settings, database, channels, poll_interval_s=0.05)
+
+    async with serve_api(settings, db, dispatcher_factory=dispatcher) as api:
+        # Given an account with a default email sender
+        # When it sends an email through the HTTP API
+        response = await api.client.post(
+            "/v1/messages",
+            headers=account.headers,
+            json={
+                "channel": "email",
+                "to": "alex@example.com",
+                "subject": "Your order",
+                "body": "It ships today.",
+                "html": "<p>It ships today.</p>",
+                "metadata": {"order": "A-1"},
+            },
+        )
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["status"] == "queued"
+        assert response.headers["location"] == f"/v1/messages/{created['id']}"
+
+        # Then the worker delivers it to the SMTP server and it turns delivered
+        message = await wait_for_status(api.client, account, created["id"], {"delivered"})
+        assert message["delivered_at"] is not None
+        assert message["attempts"] == 1
+        received = [m for m in sink.messages() if m["x_amnex_message_id"] == created["id"]]
+        assert len(received) == 1
+        assert received[0]["rcpt_tos"] == ["alex@example.com"]
+        assert received[0]["subject"] == "Your order"
+        assert received[0]["from"] == "news@shop.example"
+
+        # And every transition is an event, in order, with its time
+        events = (
+            await api.client.get(f"/v1/messages/{created['id']}/events", headers=account.headers)
+        ).json()["data"]
+        assert [e["status"] for e in events] == ["queued", "sending", "delivered"]
+        assert [e["seq"] for e in events] == [1, 2, 3]
+        times = [e["at"] for e in events]
+        assert times == sorted(times)
+
+    for channel in channels.values():
+        await channel.close()

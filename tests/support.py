@@ -1,0 +1,174 @@
+"""Test support: a real API server on a loopback socket, factories, and polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from sqlalchemy import text
+
+from amnex.accounts import service as accounts
+from amnex.api.app import create_app
+from amnex.config import Settings
+from amnex.db.engine import Database
+from amnex.db.models import Base
+from amnex.dispatch.worker import Dispatcher
+from amnex.runtime import Runtime
+
+T = TypeVar("T")
+
+
+@dataclass
+class AccountHandle:
+    account_id: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+async def make_account(
+    db: Database,
+    *,
+    email_senders: tuple[str, ...] = ("news@shop.example",),
+    default_email: str | None = "news@shop.example",
+    rate_limit_per_s: int | None = None,
+    name: str = "Shop Example",
+) -> AccountHandle:
+    """An active account with a key holding every scope and the given verified senders."""
+    async with db.unit_of_work() as session:
+        settings = {"rate_limit_per_s": rate_limit_per_s} if rate_limit_per_s else {}
+        account, _, key = await accounts.create_account(
+            session,
+            business_name=name,
+            contact_name="Pat Example",
+            email="pat@shop.example",
+            settings=settings,
+            actor="test",
+        )
+        for address in email_senders:
+            await accounts.add_sender(
+                session,
+                account_id=account.id,
+                channel="email",
+                address=address,
+                is_default=address == default_email,
+                actor="test",
+            )
+        await accounts.add_sender(
+            session,
+            account_id=account.id,
+            channel="sms",
+            address="+13125550199",
+            is_default=True,
+            actor="test",
+        )
+    return AccountHandle(account.id, key)
+
+
+async def make_operator(db: Database, name: str = "Op Example") -> str:
+    async with db.unit_of_work() as session:
+        _, token = await accounts.create_operator(session, name=name, email=None, actor="test")
+    return token
+
+
+async def truncate_all(db: Database) -> None:
+    async with db.engine.begin() as conn:
+        names = [t.name for t in reversed(Base.metadata.sorted_tables)]
+        if db.is_sqlite:
+            for name in names:
+                await conn.execute(text(f"DELETE FROM {name}"))  # noqa: S608 - table names
+        else:
+            await conn.execute(text(f"TRUNCATE {', '.join(names)} CASCADE"))
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    runtime: Runtime
+    client: httpx.AsyncClient
+    dispatcher: Dispatcher | None = None
+
+
+@contextlib.asynccontextmanager
+async def serve_api(
+    settings: Settings,
+    db: Database,
+    *,
+    dispatcher_factory: Callable[[Database], Dispatcher] | None = None,
+) -> AsyncIterator[ApiServer]:
+    """`amnex serve` (and optionally an in-process dispatcher) on a real loopback socket."""
+    dispatcher = dispatcher_factory(db) if dispatcher_factory else None
+    rt = Runtime.build(settings, db=db, on_commit=dispatcher.wake if dispatcher else None)
+    app = create_app(rt, manage_lifecycle=False)
+    await rt.start()
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    )
+    serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+    dispatch_task = asyncio.create_task(dispatcher.run()) if dispatcher else None
+    while not server.started:
+        await asyncio.sleep(0.01)
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        try:
+            yield ApiServer(base_url, rt, client, dispatcher)
+        finally:
+            if dispatcher and dispatch_task:
+                dispatcher.stop()
+                await dispatch_task
+            server.should_exit = True
+            await serve_task
+            await rt.close(dispose_db=False)
+            sock.close()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout_s: float = 15.0,
+    interval_s: float = 0.05,
+) -> T:
+    """Poll `probe` until `accept` holds; fail with the last value seen after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s; last value: {value!r}")
+        await asyncio.sleep(interval_s)
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient,
+    account: AccountHandle,
+    message_id: str,
+    statuses: set[str],
+    *,
+    timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        response = await client.get(f"/v1/messages/{message_id}", headers=account.headers)
+        body: dict[str, Any] = response.json()
+        return body
+
+    return await eventually(probe, lambda m: m.get("status") in statuses, timeout_s=timeout_s)
