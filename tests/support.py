@@ -123,7 +123,7 @@ async def serve_api(
     )
     serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     dispatch_task = asyncio.create_task(dispatcher.run()) if dispatcher else None
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.01)
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:

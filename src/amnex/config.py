@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL only a process crash, and is faster."
     )
+    sqlite_busy_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description="How long a SQLite statement waits for another connection's write lock "
+        "before failing with 'database is locked'. The accept path retries such failures for "
+        "`accept_db_retry_s`, so a wait longer than that delays its 503 by up to this much.",
+    )
     database_pool_size: int = 10
     redis_url: str | None = None
 

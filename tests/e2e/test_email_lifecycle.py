@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from amnex.config import Settings
 from amnex.db.engine import Database
+from amnex.dispatch.worker import Dispatcher
 from amnex.simulators.smtp_sink import SmtpSink
 from amnex.worker_process import build_dispatcher
 from support import AccountHandle, serve_api, wait_for_status
@@ -18,7 +19,7 @@ async def test_email_is_accepted_delivered_and_its_events_are_in_order(
     for channel in channels.values():
         await channel.start()
 
-    def dispatcher(database: Database):  # type: ignore[no-untyped-def]
+    def dispatcher(database: Database) -> Dispatcher:
         return build_dispatcher(settings, database, channels, poll_interval_s=0.05)
 
     async with serve_api(settings, db, dispatcher_factory=dispatcher) as api:

@@ -213,8 +213,7 @@ async def test_held_mail_is_dropped_when_the_client_disconnects(sink: SmtpSink) 
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await sending
     async with asyncio.timeout(5):
-        while sink.open_connections:
-            await asyncio.sleep(0.01)
+        await sink.wait_until_no_connections()
     sink.release("frank@example.org")
 
     assert sink.messages() == []

@@ -45,7 +45,7 @@ class RateLimiter:
             self._storage = RedisStorage(
                 "async+" + redis_url.split("://", 1)[0] + "://" + redis_url.split("://", 1)[1],
                 implementation="redispy",
-                connection_pool=self._pool,
+                connection_pool=self._pool,  # type: ignore[arg-type]  # passed to redis-py
             )
         else:
             self._storage = MemoryStorage()

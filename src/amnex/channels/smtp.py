@@ -83,9 +83,10 @@ def classify_smtp_reply(code: int, text: str) -> tuple[str, bool]:
     """Map an SMTP reply to (normalised error code, retryable).
 
     5xx replies are permanent (but for 530, our missing credentials) and are sorted by their
-    enhanced status code (RFC 3463), or by their wording when the server sends none. 4xx replies are retryable. A 2xx reply is
-    `("accepted", False)`: nothing failed, nothing to retry. Any other code is a server
-    speaking something other than SMTP, worth another try: `("protocol_error", True)`.
+    enhanced status code (RFC 3463), or by their wording when the server sends none. 4xx
+    replies are retryable. A 2xx reply is `("accepted", False)`: nothing failed, nothing to
+    retry. Any other code is a server speaking something other than SMTP, worth another try:
+    `("protocol_error", True)`.
     """
     enhanced = _ENHANCED_STATUS.match(text)
     subject_detail = (int(enhanced.group(2)), int(enhanced.group(3))) if enhanced else None
@@ -134,16 +135,17 @@ def parse_queue_id(reply_text: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ComposedEmail:
-    """An RFC 5322 message and its SMTP envelope."""
+    """An RFC 5322 message, its bytes as they go on the wire, and its SMTP envelope."""
 
     sender: str
     recipient: str
     message: EmailMessage
+    raw: bytes
     smtputf8: bool
 
 
 def compose_email(message: OutboundMessage, *, date: datetime) -> ComposedEmail:
-    """Build the email for a message; PermanentDeliveryError(`invalid_address`) if it cannot be.
+    """Build the email for a message, or raise PermanentDeliveryError if it cannot be built.
 
     `date` is when this attempt leaves: a Date far in the past (a retry a day later, a
     scheduled send) is a spam signal. The Message-ID is derived from the message id, so
@@ -152,27 +154,35 @@ def compose_email(message: OutboundMessage, *, date: datetime) -> ComposedEmail:
     sender = _parse_mailbox(message.from_addr, "from")
     recipient = _parse_mailbox(message.to_addr, "to")
     smtputf8 = not (sender.addr_spec.isascii() and recipient.addr_spec.isascii())
+    message_id = f"<{message.id}@{_message_id_domain(sender.domain)}>"
     email_message = EmailMessage(policy=_POLICY_UTF8 if smtputf8 else _POLICY)
-    email_message["From"] = sender
-    email_message["To"] = recipient
-    if message.subject is not None:
-        if "\r" in message.subject or "\n" in message.subject:
-            raise PermanentDeliveryError("invalid_message", "the subject contains a line break")
-        email_message["Subject"] = message.subject
-    email_message["Date"] = format_datetime(date)
-    email_message["Message-ID"] = f"<{message.id}@{_message_id_domain(sender.domain)}>"
-    email_message["X-Amnex-Message-Id"] = message.id
-    if message.html is not None and message.body is not None:
-        email_message.set_content(message.body)
-        email_message.add_alternative(message.html, subtype="html")
-    elif message.html is not None:
-        email_message.set_content(message.html, subtype="html")
-    else:
-        email_message.set_content(message.body or "")
+    try:
+        email_message["From"] = sender
+        email_message["To"] = recipient
+        if message.subject is not None:
+            email_message["Subject"] = message.subject
+        email_message["Date"] = format_datetime(date)
+        email_message["Message-ID"] = message_id
+        email_message["X-Amnex-Message-Id"] = message.id
+        if message.html is not None and message.body is not None:
+            email_message.set_content(message.body)
+            email_message.add_alternative(message.html, subtype="html")
+        elif message.html is not None:
+            email_message.set_content(message.html, subtype="html")
+        else:
+            email_message.set_content(message.body or "")
+        raw = email_message.as_bytes()
+    except ValueError as exc:
+        # A line break in the subject, or text that is not encodable (lone surrogates,
+        # which JSON can carry): no attempt can ever send it.
+        raise PermanentDeliveryError(
+            "invalid_message", f"the message cannot be encoded as email: {exc}"
+        ) from exc
     return ComposedEmail(
         sender=sender.addr_spec,
         recipient=recipient.addr_spec,
         message=email_message,
+        raw=raw,
         smtputf8=smtputf8,
     )
 
@@ -269,7 +279,7 @@ class SmtpChannel:
             state = "closed" if self._closed else "not started"
             raise TemporaryDeliveryError("connection_error", f"the email channel is {state}")
         composed = compose_email(message, date=utc_now())
-        raw = composed.message.as_bytes()
+        raw = composed.raw
         if self._dkim is not None:
             try:
                 raw = await asyncio.to_thread(self._dkim.sign, raw)

@@ -27,8 +27,10 @@ from sqlalchemy.ext.asyncio import (
 from amnex.config import Settings
 
 
-def _sqlite_engine(url: str, synchronous: str, *, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+def _sqlite_engine(
+    url: str, synchronous: str, *, immediate: bool, busy_timeout_ms: int
+) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -38,7 +40,7 @@ def _sqlite_engine(url: str, synchronous: str, *, immediate: bool) -> AsyncEngin
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         # Deleted content is overwritten with zeros, not left in free pages (policy §5).
         cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
@@ -60,9 +62,17 @@ class Database:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = _sqlite_engine(self.url, settings.sqlite_synchronous, immediate=True)
+            self.engine = _sqlite_engine(
+                self.url,
+                settings.sqlite_synchronous,
+                immediate=True,
+                busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            )
             self.read_engine = _sqlite_engine(
-                self.url, settings.sqlite_synchronous, immediate=False
+                self.url,
+                settings.sqlite_synchronous,
+                immediate=False,
+                busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             )
         else:
             self.engine = create_async_engine(

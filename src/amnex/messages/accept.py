@@ -134,9 +134,14 @@ class AcceptWriter:
                 _settle(pending, exc)
             return
         except Exception as exc:
+            if len(batch) > 1:
+                # A row the database refuses (a value too wide for its column, say) must not
+                # fail the other requests that shared its transaction.
+                for pending in batch:
+                    await self._write_one(pending)
+                return
             log.exception("accept batch failed")
-            for pending in batch:
-                _settle(pending, exc)
+            _settle(batch[0], exc)
             return
         for pending in batch:
             _settle(pending, None)
@@ -149,7 +154,11 @@ class AcceptWriter:
         except IntegrityError as exc:
             _settle(pending, DuplicateIdempotencyKey() if pending.idempotency else exc)
             return
+        except DatabaseUnavailable as exc:
+            _settle(pending, exc)
+            return
         except Exception as exc:
+            log.exception("accepting a message failed")
             _settle(pending, exc)
             return
         _settle(pending, None)

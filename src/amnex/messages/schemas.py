@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,7 +21,8 @@ MetadataValue = str | int | float | bool | None
 class SendMessageRequest(BaseModel):
     """Body of `POST /v1/messages`."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+    # No populate_by_name: the field is `from` on the wire, and `from_` is an unknown field.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     channel: Channel
     to: str = Field(min_length=1, max_length=320)
@@ -33,6 +35,19 @@ class SendMessageRequest(BaseModel):
     category: Category = "transactional"
     status_callback: HttpUrl | None = None
     metadata: dict[str, MetadataValue] | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _flat_metadata(cls, value: Any) -> Any:
+        """One precise error for a nested value (not one per member of the value union), and
+        no NaN or Infinity: Python's JSON parser accepts them, JSON columns do not."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if item is not None and not isinstance(item, str | int | float | bool):
+                    raise ValueError(f"{key!r}: values are strings, numbers, booleans or null")
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"{key!r}: numbers must be finite")
+        return value
 
     @field_validator("metadata")
     @classmethod

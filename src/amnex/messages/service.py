@@ -38,6 +38,7 @@ from amnex.messages.status import CANCELABLE_STATUSES, Status, check_transition
 SEND_AT_MAX_AHEAD = timedelta(days=35)
 # A send_at slightly in the past (clock skew, a slow client) means "now", not an error.
 SEND_AT_SKEW = timedelta(seconds=60)
+FROM_MAX_LENGTH = 400  # the width of messages.from_addr
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,14 @@ def resolve_sender(ctx: KeyContext, channel: str, requested: str | None) -> str:
         raise SenderNotAllowed(
             f"from: {addr} is not a verified address or domain of this account", field="from"
         )
-    return formataddr((name, addr)) if name else addr
+    sender = formataddr((name, addr)) if name else addr
+    if len(sender) > FROM_MAX_LENGTH:
+        # Quoting or encoding the display name can lengthen what the client sent.
+        raise ValidationFailed(
+            f"from: at most {FROM_MAX_LENGTH} characters once formatted as a header",
+            field="from",
+        )
+    return sender
 
 
 def prepare_message(
@@ -122,11 +130,13 @@ def prepare_message(
             raise ValidationFailed("body or html: email needs at least one", field="body")
     elif not request.body:
         raise ValidationFailed(f"body: required for {channel}", field="body")
-    from_addr = resolve_sender(ctx, channel, request.from_)
+    # Before the sender: an account has no senders on a channel nothing can deliver, and
+    # "no default sender" would hide the real reason.
     if channel not in routable_channels:
         raise NoRoute(
             f"channel: no carrier connection is configured for {channel}", field="channel"
         )
+    from_addr = resolve_sender(ctx, channel, request.from_)
 
     send_at = request.send_at
     status = Status.QUEUED

@@ -65,7 +65,7 @@ class _SinkSMTP(SMTP):
         self._sink = sink
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._sink._live.discard(self)
+        self._sink._forget(self)
         super().connection_lost(error)
 
 
@@ -135,6 +135,8 @@ class SmtpSink:
         self._port = 0
         self._handler = _Handler(self)
         self._live: set[_SinkSMTP] = set()
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
         self._messages: deque[_Stored] = deque(maxlen=max_stored)
         # Insertion-ordered so the oldest ids are forgotten first once the bound is reached.
         self._counts: OrderedDict[str, int] = OrderedDict()
@@ -226,6 +228,10 @@ class SmtpSink:
             raise RuntimeError(f"{address} is not held")
         await hold.parked.wait()
 
+    async def wait_until_no_connections(self) -> None:
+        """Return once no client is connected (wrap in `asyncio.timeout`)."""
+        await self._no_connections.wait()
+
     def _new_connection(self) -> _SinkSMTP:
         self.connection_count += 1
         auth_required = self._auth is not None
@@ -254,7 +260,13 @@ class SmtpSink:
                 loop=asyncio.get_running_loop(),
             )
         self._live.add(protocol)
+        self._no_connections.clear()
         return protocol
+
+    def _forget(self, protocol: _SinkSMTP) -> None:
+        self._live.discard(protocol)
+        if not self._live:
+            self._no_connections.set()
 
     def _authenticate(
         self,

@@ -1,0 +1,5 @@
+"""Entry point: `python -m amnex` is the `amnex` command."""
+
+from amnex.cli import main
+
+main()
