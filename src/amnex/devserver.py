@@ -28,7 +28,7 @@ from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
 from amnex.runtime import Runtime
 from amnex.simulators.smtp_sink import SmtpSink
-from amnex.worker_process import build_dispatcher
+from amnex.worker_process import build_dispatcher, housekeeping
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
     )
     await rt.start()
     dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
+    chores = asyncio.create_task(housekeeping(db), name="housekeeping")
     print(  # noqa: T201 - the dev command talks to the person who ran it
         f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
         f"Credentials: {dev_json}\n\nSend an email:\n\n{curl_example(api_url, creds.api_key)}\n\n"
@@ -202,8 +203,10 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
         await server.serve()
     finally:
         dispatcher.stop()
-        with contextlib.suppress(Exception):
+        chores.cancel()
+        with contextlib.suppress(BaseException):
             await dispatch_task
+            await chores
         await rt.close(dispose_db=False)
         await channel.close()
         await sink.stop()

@@ -9,13 +9,29 @@ import signal
 
 from amnex.channels.base import Channel
 from amnex.channels.registry import build_channels
+from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
+from amnex.messages.idempotency import purge_expired_idempotency_keys
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 600.0
+
+
+async def housekeeping(db: Database, *, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
+    """Periodic clean-up that every worker may run (each step is safe to run concurrently)."""
+    while True:
+        try:
+            purged = await purge_expired_idempotency_keys(db, now=utc_now())
+            if purged:
+                log.info("purged %d expired idempotency keys", purged)
+        except Exception:
+            log.exception("housekeeping failed; retrying at the next interval")
+        await asyncio.sleep(interval_s)
 
 
 def build_dispatcher(
@@ -60,9 +76,13 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, dispatcher.stop)
     log.info("worker %s running; channels: %s", dispatcher.owner, ", ".join(channels) or "none")
+    chores = asyncio.create_task(housekeeping(db), name="housekeeping")
     try:
         await dispatcher.run()
     finally:
+        chores.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chores
         if listener is not None:
             await listener.close()
         for channel in channels.values():

@@ -327,3 +327,28 @@ async def test_concurrent_claims_never_take_the_same_message(
     first, second = await asyncio.gather(take("w1"), take("w2"))
     assert first.isdisjoint(second)
     assert first | second == ids
+
+
+async def test_a_slow_send_keeps_its_lease_and_is_not_sent_twice(
+    settings: Settings, db: Database, account: AccountHandle, channel: ScriptedChannel
+) -> None:
+    # Given a carrier that takes three lease periods to answer
+    channel.block = asyncio.Event()
+    short = settings.model_copy(update={"lease_s": 0.3})
+    first = build_dispatcher(short, db, {"email": channel}, poll_interval_s=0.02)
+    second = build_dispatcher(short, db, {"email": channel}, poll_interval_s=0.02)
+    tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+    try:
+        message_id = await accept(db, account, "slow@example.com")
+        await until_status(db, message_id, "sending")
+        await asyncio.sleep(1.0)
+        # Then nobody reclaimed it meanwhile: one call, one sending event
+        assert len(channel.calls) == 1
+        channel.block.set()
+        message = await until_status(db, message_id, "delivered")
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.gather(*tasks)
+    assert message.attempts == 1
+    assert [e.status for e in await events(db, message_id)].count("sending") == 1

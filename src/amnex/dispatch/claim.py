@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import OutboundMessage
@@ -228,6 +228,25 @@ async def record_retry(
     message.next_attempt_at = retry_at
     _release_lease(message)
     return True
+
+
+async def extend_leases(
+    session: AsyncSession, *, owner: str, message_ids: list[str], lease_s: float, now: datetime
+) -> int:
+    """Renew the leases of sends still in flight, so a slow carrier never makes them claimable."""
+    if not message_ids:
+        return 0
+    lease_until = now + timedelta(seconds=lease_s)
+    result = await session.execute(
+        update(Message)
+        .where(
+            Message.id.in_(message_ids),
+            Message.lease_owner == owner,
+            Message.status == Status.SENDING.value,
+        )
+        .values(lease_until=lease_until, next_attempt_at=lease_until)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def release_leases(

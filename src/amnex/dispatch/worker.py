@@ -84,6 +84,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         log.info("dispatcher %s started", self.owner)
+        heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
         try:
             while not self._stopping.is_set():
                 free = self._concurrency - len(self._inflight)
@@ -95,7 +96,33 @@ class Dispatcher:
                 await self._sleep()
         finally:
             await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             log.info("dispatcher %s stopped", self.owner)
+
+    async def _renew_leases(self) -> None:
+        """Every third of a lease, extend the leases of the sends in flight.
+
+        A send may wait for a carrier connection or a slow answer for longer than one lease;
+        without renewal another worker would reclaim it and send it a second time.
+        """
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            ids = list(self._inflight)
+            if not ids:
+                continue
+            try:
+                async with self._db.unit_of_work() as session:
+                    await claim.extend_leases(
+                        session,
+                        owner=self.owner,
+                        message_ids=ids,
+                        lease_s=self._lease_s,
+                        now=utc_now(),
+                    )
+            except Exception:
+                log.exception("renewing leases failed; retrying at the next beat")
 
     async def _sleep(self) -> None:
         self._wakeup.clear()
