@@ -69,7 +69,8 @@ def test_an_operator_sets_up_an_account_from_the_command_line(cli_db: str) -> No
     key_out = run("keys", "create", "--account", account_id, "--name", "ci", "--scopes", "read")
     key_id = field(key_out, "key_id")
     listing = run("keys", "list", "--account", account_id)
-    assert key_id in listing and "scopes=read" in listing
+    assert key_id in listing
+    assert "scopes=read" in listing
     assert field(key_out, "api_key") not in listing  # keys are never shown again
 
     run("keys", "revoke", "--account", account_id, "--key", key_id)

@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import StatementError
 
 from amnex.config import Settings
 from amnex.db.engine import Database
@@ -63,11 +64,12 @@ async def test_timestamps_come_back_as_the_same_utc_instant(db: Database) -> Non
 
 
 async def test_a_naive_timestamp_is_refused(db: Database) -> None:
-    with pytest.raises(Exception, match="naive datetime"):
-        async with db.unit_of_work() as session:
-            entry = record_audit(session, actor="t", action="a", target_type="x", target_id="2")
-            entry.at = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+    async with db.unit_of_work() as session:
+        entry = record_audit(session, actor="t", action="a", target_type="x", target_id="2")
+        entry.at = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+        with pytest.raises(StatementError, match="naive datetime"):
             await session.flush()
+        await session.rollback()
 
 
 async def test_sqlite_runs_in_wal_with_full_sync_and_secure_delete(db: Database) -> None:
