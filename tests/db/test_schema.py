@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
 from amnex.config import Settings
+from amnex.db.base import UTCDateTime
 from amnex.db.engine import Database
 from amnex.db.migrate import downgrade_database, schema_is_current, upgrade_database
 from amnex.db.models import Base
@@ -80,3 +81,19 @@ async def test_sqlite_runs_in_wal_with_full_sync_and_secure_delete(db: Database)
         assert (await conn.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
         assert (await conn.execute(text("PRAGMA secure_delete"))).scalar() == 1
         assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+
+
+async def test_database_errors_never_carry_message_content(db: Database) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    secret = "one-time code 482913"
+    async with db.engine.connect() as conn:
+        with pytest.raises(IntegrityError) as caught:
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_log (id, at, actor, action, target_type, target_id, detail)"
+                    " VALUES (:id, :at, :actor, 'a', 't', '1', '{}')"
+                ).bindparams(bindparam("at", type_=UTCDateTime())),
+                [{"id": "dup", "at": datetime(2026, 1, 1, tzinfo=UTC), "actor": secret}] * 2,
+            )  # fmt: skip
+    assert secret not in str(caught.value)

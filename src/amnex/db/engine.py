@@ -6,6 +6,9 @@ transaction starts with `BEGIN IMMEDIATE`, taking the single write lock up front
 transaction that reads and then writes can fail at once with SQLITE_BUSY when another writer
 got there first, whatever the busy timeout. Reads use a second engine with plain deferred
 transactions, so in WAL mode they never wait for the writer. On PostgreSQL both are one engine.
+
+Both engines hide statement parameters in errors and logs: a failed INSERT must never write
+message content or addresses into a log line.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from amnex.config import Settings
 def _sqlite_engine(
     url: str, synchronous: str, *, immediate: bool, busy_timeout_ms: int
 ) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    engine = create_async_engine(
+        url, connect_args={"timeout": busy_timeout_ms / 1000}, hide_parameters=True
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -80,6 +85,7 @@ class Database:
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_pool_size,
                 pool_pre_ping=True,
+                hide_parameters=True,
             )
             self.read_engine = self.engine
         self._writer = async_sessionmaker(self.engine, expire_on_commit=False)
