@@ -1,0 +1,1 @@
+"""Compliance: pure checks a message passes before it is stored (addresses now)."""

@@ -1,0 +1,163 @@
+"""Storage: multi-table batch inserts on the driver, for the accept path's group commit.
+
+Design note. A batch of accepted messages is written as one transaction of a few
+`executemany` calls. Going through SQLAlchemy's async session costs a thread hop or an
+awaitable per statement and per transaction step, which dominates when one batch is a handful
+of rows; here the whole transaction is one hop:
+
+- SQLite: a dedicated `sqlite3` connection owned by one thread (`BEGIN IMMEDIATE`, the
+  inserts, `COMMIT` in a single call to that thread), with the same pragmas as the engine.
+- PostgreSQL: the asyncpg connection underneath SQLAlchemy's pool, inside one asyncpg
+  transaction, optionally ending with `NOTIFY` (delivered only if the commit succeeds).
+
+Values are converted with each column type's own SQLAlchemy bind processor, so what this
+writes reads back through the models exactly as if the ORM had written it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, insert
+from sqlalchemy.engine import Dialect, make_url
+
+from amnex.db.engine import Database, sqlite_pragmas
+
+
+class BatchConflict(Exception):
+    """A row broke a constraint (unique key, foreign key); nothing of the batch was written."""
+
+
+class BatchUnavailable(Exception):
+    """The database could not be reached or was locked; nothing was written. Worth retrying."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    sql: str
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        pairs = list(zip(self.keys, self.processors, strict=True))
+        return [
+            tuple(row.get(key) if p is None else p(row.get(key)) for key, p in pairs)
+            for row in rows
+        ]
+
+
+def _compile(table: Table, dialect: Dialect) -> _Statement:
+    keys = [c.key for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+    compiled = insert(table).inline().compile(dialect=dialect, column_keys=keys)
+    order = tuple(compiled.positiontup or keys)
+    return _Statement(
+        sql=compiled.string,
+        keys=order,
+        processors=tuple(table.c[k].type._cached_bind_processor(dialect) for k in order),
+    )
+
+
+class BulkInserter:
+    """Insert rows into several tables in one transaction; one instance per process."""
+
+    def __init__(self, db: Database, tables: Sequence[Table], *, notify: str | None = None) -> None:
+        self._db = db
+        dialect = db.engine.dialect
+        self._statements = {table.name: _compile(table, dialect) for table in tables}
+        self._notify = notify if not db.is_sqlite else None
+        self._executor: ThreadPoolExecutor | None = None
+        self._sqlite: sqlite3.Connection | None = None
+        if db.is_sqlite:
+            # One thread owns the connection: sqlite3 objects must stay on their thread.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-insert")
+
+    async def insert(self, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
+        """Write every (table, rows) pair in order, in one transaction, or nothing."""
+        work = [
+            (self._statements[table.name], self._statements[table.name].parameters(rows))
+            for table, rows in batches
+            if rows
+        ]
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._insert_sqlite, work)
+        else:
+            await self._insert_postgres(work)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.submit(self._close_sqlite).result()
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _connect_sqlite(self) -> sqlite3.Connection:
+        path = make_url(self._db.url).database or ":memory:"
+        settings = self._db.settings
+        conn = sqlite3.connect(
+            path,
+            timeout=settings.sqlite_busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=True,
+        )
+        for pragma in sqlite_pragmas(settings):
+            conn.execute(pragma)
+        return conn
+
+    def _insert_sqlite(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+        if self._sqlite is None:
+            self._sqlite = self._connect_sqlite()
+        conn = self._sqlite
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement, params in work:
+                conn.executemany(statement.sql, params)
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise BatchConflict(str(exc)) from None
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise BatchUnavailable(str(exc)) from None
+
+    def _close_sqlite(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
+    async def _insert_postgres(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        try:
+            async with self._db.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                if driver is None:
+                    raise BatchUnavailable("the pool gave a closed connection")
+                async with driver.transaction():
+                    for statement, params in work:
+                        await driver.executemany(statement.sql, params)
+                    if self._notify:
+                        await driver.execute(f"NOTIFY {self._notify}")
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise BatchConflict(type(exc).__name__) from None
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+        ) as exc:
+            raise BatchUnavailable(type(exc).__name__) from None
+        except Exception as exc:
+            # SQLAlchemy wraps a failed pool connect in its own DBAPIError.
+            from sqlalchemy.exc import DBAPIError
+
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated is not None:
+                raise BatchUnavailable(type(exc.orig).__name__) from None
+            raise
