@@ -30,24 +30,33 @@ from sqlalchemy.ext.asyncio import (
 from amnex.config import Settings
 
 
-def _sqlite_engine(
-    url: str, synchronous: str, *, immediate: bool, busy_timeout_ms: int
-) -> AsyncEngine:
+def sqlite_pragmas(settings: Settings) -> list[str]:
+    """The pragmas every SQLite connection runs with (the engines' and the bulk writer's)."""
+    return [
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={settings.sqlite_synchronous}",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}",
+        # Deleted content is overwritten with zeros, not left in free pages (policy §5).
+        "PRAGMA secure_delete=ON",
+    ]
+
+
+def _sqlite_engine(settings: Settings, *, immediate: bool) -> AsyncEngine:
     engine = create_async_engine(
-        url, connect_args={"timeout": busy_timeout_ms / 1000}, hide_parameters=True
+        settings.database_url,
+        connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+        hide_parameters=True,
     )
+    pragmas = sqlite_pragmas(settings)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred-only).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        # Deleted content is overwritten with zeros, not left in free pages (policy §5).
-        cursor.execute("PRAGMA secure_delete=ON")
+        for pragma in pragmas:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -61,24 +70,15 @@ class Database:
     """Both engines and their session factories, built once per process from Settings."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.url = settings.database_url
         self.is_sqlite = settings.is_sqlite
         if self.is_sqlite:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = _sqlite_engine(
-                self.url,
-                settings.sqlite_synchronous,
-                immediate=True,
-                busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-            )
-            self.read_engine = _sqlite_engine(
-                self.url,
-                settings.sqlite_synchronous,
-                immediate=False,
-                busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-            )
+            self.engine = _sqlite_engine(settings, immediate=True)
+            self.read_engine = _sqlite_engine(settings, immediate=False)
         else:
             self.engine = create_async_engine(
                 self.url,
