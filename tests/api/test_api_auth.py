@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from api_checks import EMAIL, assert_problem, count_messages
 
 from amnex.accounts import service as accounts
 from amnex.config import Settings
 from amnex.db.engine import Database
-from api_checks import EMAIL, assert_problem, count_messages
 from support import AccountHandle, make_operator, serve_api
 
 

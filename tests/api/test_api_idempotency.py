@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from api_checks import EMAIL, assert_problem, count_messages, stored_counts
 
 from amnex.config import Settings
 from amnex.db.engine import Database
-from api_checks import EMAIL, assert_problem, count_messages, stored_counts
 from support import AccountHandle, make_account, serve_api
 
 

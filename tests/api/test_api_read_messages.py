@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from api_checks import EMAIL, assert_problem, error_fields
 
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.ids import new_id
-from api_checks import EMAIL, assert_problem, error_fields
 from support import AccountHandle, make_account, serve_api
 
 
@@ -86,6 +86,8 @@ async def test_list_filters_by_status_channel_recipient_and_creation_time(
         assert await list_ids(c, account, channel="email") == [four, three, two, one]
         assert await list_ids(c, account, channel="sms") == []
         assert await list_ids(c, account, to="alex@example.com") == [three, one]
+        assert await list_ids(c, account, to="alex@Example.COM") == [three, one]
+        assert await list_ids(c, account, to="nobody") == []
         assert await list_ids(c, account, to="sam@example.com", status="queued") == [two]
         assert await list_ids(c, account, created_after=second["created_at"]) == [
             four,

@@ -3,15 +3,16 @@ request stores nothing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from api_checks import EMAIL, assert_problem, count_messages, error_fields, stored_counts
 
 from amnex.config import Settings
 from amnex.db.engine import Database
-from api_checks import EMAIL, assert_problem, count_messages, error_fields, stored_counts
 from support import AccountHandle, make_account, serve_api
 
 # Every field of the message object that DESIGN.md lists.
@@ -99,6 +100,16 @@ async def test_email_is_accepted_with_the_full_message_object_and_its_location(
             "Brand Billing <billing@brand.example>",
             id="display-name-form",
         ),
+        pytest.param(
+            '"Brand, Billing" <billing@brand.example>',
+            '"Brand, Billing" <billing@brand.example>',
+            id="quoted-display-name",
+        ),
+        pytest.param(
+            "Café Brand <café@brand.example>",
+            "Café Brand <café@brand.example>",
+            id="non-ascii-name-and-mailbox",
+        ),
     ],
 )
 async def test_explicit_sender_is_used_when_it_is_verified(
@@ -130,6 +141,20 @@ REJECTIONS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("to-not-an-address", {"to": "not-an-address"}, 422, "invalid_address", None),
     ("to-with-display-name", {"to": "Alex <alex@example.com>"}, 422, "invalid_address", None),
     ("to-two-addresses", {"to": "a@example.com, b@example.com"}, 422, "invalid_address", None),
+    (
+        "subject-with-line-break",
+        {"subject": "Hi\r\nBcc: all@example.com"},
+        422,
+        "validation_failed",
+        "subject",
+    ),
+    (
+        "metadata-lone-surrogate",
+        {"metadata": {"note": "\ud800"}},
+        422,
+        "validation_failed",
+        "metadata",
+    ),
     ("missing-subject", {"subject": None}, 422, "validation_failed", None),
     ("missing-body-and-html", {"body": None}, 422, "validation_failed", None),
     (
@@ -235,10 +260,15 @@ async def test_bad_send_request_is_refused_precisely_and_stores_nothing(
     body = {k: v for k, v in body.items() if v is not None}
     before = await stored_counts(db)
     async with serve_api(settings, db) as api:
+        # json.dumps escapes what httpx's encoder would refuse (a lone surrogate).
         response = await api.client.post(
             "/v1/messages",
-            headers={**brand.headers, "Idempotency-Key": "rejected-1"},
-            json=body,
+            headers={
+                **brand.headers,
+                "Idempotency-Key": "rejected-1",
+                "Content-Type": "application/json",
+            },
+            content=json.dumps(body).encode(),
         )
     problem = assert_problem(response, status, code)
     assert problem["instance"] == "/v1/messages"

@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from api_checks import EMAIL, assert_problem, count_messages
 
 from amnex.api.app import create_app
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.runtime import Runtime
-from api_checks import EMAIL, assert_problem, count_messages
-from support import AccountHandle, serve_api
+from support import AccountHandle, serve_api, write_self_signed_certificate
 
 REMOTE_CLIENT = "203.0.113.5"
 HSTS = "max-age=31536000; includeSubDomains"
@@ -126,41 +120,6 @@ async def test_loopback_client_may_use_plain_http_without_hsts(
         assert "strict-transport-security" not in response.headers
 
 
-def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (and localhost) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certfile = directory / "cert.pem"
-    keyfile = directory / "key.pem"
-    certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certfile, keyfile
-
-
 @contextlib.asynccontextmanager
 async def serve_https(
     settings: Settings, db: Database, certfile: Path, keyfile: Path
@@ -185,7 +144,7 @@ async def serve_https(
     )
     serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        while not server.started:
             if serve_task.done():
                 serve_task.result()  # start-up failed: raise its error
             await asyncio.sleep(0.01)

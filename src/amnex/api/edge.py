@@ -4,7 +4,9 @@ One pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which costs a task
 
 TLS (policy §8): outside dev mode, a request carrying credentials over plain HTTP is refused
 with `tls_required`, unless it comes from loopback or from a configured trusted proxy that
-says (X-Forwarded-Proto: https) it terminated TLS. HSTS is sent on every HTTPS response.
+says (X-Forwarded-Proto: https) it terminated TLS. A trusted proxy is never exempt as a
+loopback client: a proxy on the same host forwarding plain HTTP is refused too. HSTS is sent
+on every HTTPS response.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,23 +30,37 @@ def parse_networks(values: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip()]
 
 
-def _in(host: str | None, networks: list[Network]) -> bool:
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
+@dataclass(frozen=True, slots=True)
+class _Client:
+    trusted_proxy: bool
+    loopback: bool
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class _ClientClassifier:
+    """Whether a peer address is a trusted proxy or loopback, memoised per address string."""
+
+    def __init__(self, trusted: list[Network]) -> None:
+        self._trusted = trusted
+        self._known: dict[str, _Client] = {}
+
+    def __call__(self, host: str | None) -> _Client:
+        if not host:
+            return _Client(trusted_proxy=False, loopback=False)
+        known = self._known.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = _Client(trusted_proxy=False, loopback=False)
+            else:
+                known = _Client(
+                    trusted_proxy=any(address in net for net in self._trusted),
+                    loopback=address.is_loopback,
+                )
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[host] = known
+        return known
 
 
 def _problem(status: int, code: str, title: str, detail: str) -> bytes:
@@ -56,7 +73,7 @@ class EdgeMiddleware:
         self.app = app
         self.dev_mode = settings.dev_mode
         self.max_body_bytes = settings.max_body_bytes
-        self.trusted = parse_networks(settings.trusted_proxies)
+        self.classify = _ClientClassifier(parse_networks(settings.trusted_proxies))
         self.hsts = f"max-age={settings.hsts_max_age_s}; includeSubDomains".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,11 +84,15 @@ class EdgeMiddleware:
         headers = dict(scope["headers"])
         client = scope.get("client")
         client_host = client[0] if client else None
-        via_trusted_proxy = _in(client_host, self.trusted)
-        forwarded_https = (
-            via_trusted_proxy and headers.get(b"x-forwarded-proto", b"").lower() == b"https"
-        )
-        secure = scope.get("scheme") == "https" or forwarded_https
+        peer = self.classify(client_host)
+        if peer.trusted_proxy:
+            # A trusted proxy speaks for the client: believe its X-Forwarded-Proto, and do not
+            # treat it as a loopback client even when it runs on this host.
+            secure = headers.get(b"x-forwarded-proto", b"").lower() == b"https"
+            local_client = False
+        else:
+            secure = scope.get("scheme") == "https"
+            local_client = peer.loopback
         status_holder = [500]
 
         async def send_with_headers(message: Message) -> None:
@@ -89,7 +110,7 @@ class EdgeMiddleware:
                 not secure
                 and not self.dev_mode
                 and b"authorization" in headers
-                and not _is_loopback(client_host)
+                and not local_client
             ):
                 await self._reject(
                     send_with_headers,

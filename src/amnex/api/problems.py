@@ -8,17 +8,20 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from amnex.errors import (
     AmnexError,
+    DatabaseUnavailable,
     InvalidRequest,
     NotFound,
     RateLimited,
     ServiceUnavailable,
     ValidationFailed,
 )
+from amnex.messages.accept import is_transient_db_error
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,23 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail="an unexpected error occurred and was logged",
         )
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        # A database that is down, restarting or locked is a 503 the client may retry, on
+        # every route (the accept path has its own retries; reads and cancels do not).
+        if isinstance(exc, DBAPIError) and is_transient_db_error(exc):
+            log.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.url.path,
+                type(exc.orig).__name__,
+            )
+            return error_response(
+                request, DatabaseUnavailable("the database did not answer; retry shortly")
+            )
+        return await on_unexpected(request, exc)
+
     app.add_exception_handler(AmnexError, on_amnex_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -176,7 +176,7 @@ class AcceptWriter:
             except IntegrityError:
                 raise
             except (OperationalError, DBAPIError, OSError) as exc:
-                if isinstance(exc, DBAPIError) and not _is_transient(exc):
+                if isinstance(exc, DBAPIError) and not is_transient_db_error(exc):
                     raise
                 if loop.time() + delay_s > deadline:
                     log.warning("database unavailable for accept: %s", type(exc).__name__)
@@ -199,7 +199,7 @@ class AcceptWriter:
                 await conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
-def _is_transient(exc: DBAPIError) -> bool:
+def is_transient_db_error(exc: DBAPIError) -> bool:
     """Connection-level failures and lock timeouts are worth retrying; bad SQL is not."""
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return True

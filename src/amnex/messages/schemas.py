@@ -18,6 +18,14 @@ METADATA_MAX_BYTES = 4096
 MetadataValue = str | int | float | bool | None
 
 
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class SendMessageRequest(BaseModel):
     """Body of `POST /v1/messages`."""
 
@@ -39,14 +47,18 @@ class SendMessageRequest(BaseModel):
     @field_validator("metadata", mode="before")
     @classmethod
     def _flat_metadata(cls, value: Any) -> Any:
-        """One precise error for a nested value (not one per member of the value union), and
-        no NaN or Infinity: Python's JSON parser accepts them, JSON columns do not."""
+        """One precise error for a nested value (not one per member of the value union); no
+        NaN or Infinity and no lone surrogates (`"\\ud800"`): Python's JSON parser accepts them,
+        the database cannot store them."""
         if isinstance(value, dict):
             for key, item in value.items():
                 if item is not None and not isinstance(item, str | int | float | bool):
                     raise ValueError(f"{key!r}: values are strings, numbers, booleans or null")
                 if isinstance(item, float) and not math.isfinite(item):
                     raise ValueError(f"{key!r}: numbers must be finite")
+                for text in (key, item):
+                    if isinstance(text, str) and not _is_unicode_text(text):
+                        raise ValueError("keys and values must be valid Unicode text")
         return value
 
     @field_validator("metadata")
@@ -62,6 +74,14 @@ class SendMessageRequest(BaseModel):
             raise ValueError("keys are at most 64 characters")
         if len(json.dumps(value, separators=(",", ":"))) > METADATA_MAX_BYTES:
             raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line_subject(cls, value: str | None) -> str | None:
+        # A header cannot carry a line break; accepted, it could only ever fail at send time.
+        if value is not None and ("\r" in value or "\n" in value):
+            raise ValueError("a subject is one line, without CR or LF")
         return value
 
     @field_validator("status_callback")

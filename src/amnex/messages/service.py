@@ -12,7 +12,8 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import formataddr, parseaddr
+from email.headerregistry import Address
+from email.utils import parseaddr
 from typing import Any
 
 import phonenumbers
@@ -79,6 +80,18 @@ def normalise_recipient(channel: str, to: str) -> str:
     return to
 
 
+def normalise_address_filter(to: str) -> str:
+    """The stored form of an address typed into a list filter, so that `alex@Example.COM` or
+    `+1 312 555 0100` finds what was stored normalised. Anything unparseable is matched as
+    given."""
+    try:
+        if "@" in to:
+            return normalise_email_address(to, field="to")
+        return normalise_phone_number(to, field="to")
+    except InvalidAddress:
+        return to
+
+
 def resolve_sender(ctx: KeyContext, channel: str, requested: str | None) -> str:
     """The `from` to use: the requested sender if the account may use it, else its default."""
     allowed = ctx.senders.get(channel, frozenset())
@@ -103,9 +116,12 @@ def resolve_sender(ctx: KeyContext, channel: str, requested: str | None) -> str:
         raise SenderNotAllowed(
             f"from: {addr} is not a verified address or domain of this account", field="from"
         )
-    sender = formataddr((name, addr)) if name else addr
+    # Address quotes the name where RFC 5322 needs it but keeps it readable (formataddr would
+    # store a non-ASCII name as an RFC 2047 encoded word, and show it so in the API).
+    username, _, host = addr.rpartition("@")
+    sender = str(Address(display_name=name, username=username, domain=host)) if name else addr
     if len(sender) > FROM_MAX_LENGTH:
-        # Quoting or encoding the display name can lengthen what the client sent.
+        # Quoting the display name can lengthen what the client sent.
         raise ValidationFailed(
             f"from: at most {FROM_MAX_LENGTH} characters once formatted as a header",
             field="from",
@@ -294,7 +310,7 @@ async def list_messages(
     if filters.channel:
         query = query.where(Message.channel == filters.channel)
     if filters.to:
-        query = query.where(Message.to_addr == filters.to)
+        query = query.where(Message.to_addr == normalise_address_filter(filters.to))
     if filters.created_after:
         query = query.where(Message.created_at >= filters.created_after)
     if filters.created_before:
