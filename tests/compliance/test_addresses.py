@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +24,16 @@ def library(address: str) -> str | None:
 
 
 ODD = st.text(alphabet="aZ09.-_+@!#'`~ü", min_size=1, max_size=30)
+ROLE = st.sampled_from(sorted(CASE_INSENSITIVE_MAILBOX_NAMES)).map(
+    lambda name: name.upper() + "@Example.COM"
+)
 
 
 @settings(max_examples=3000)
-@given(st.one_of(st.emails(), ODD, st.emails().map(lambda e: e.upper())))
+@given(st.one_of(st.emails(), ODD, ROLE, st.emails().map(lambda e: e.upper())))
 @example("a@ab--cd.com")
+@example("NEWS@Shop.Example")
+@example("PostMaster@example.com")
 @example("a@foo.test")
 @example("a..b@example.com")
 @example("a@example.123")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from amnex.db.engine import is_transient_db_error
 from amnex.errors import (
     AmnexError,
     DatabaseUnavailable,
@@ -21,7 +22,6 @@ from amnex.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from amnex.messages.accept import is_transient_db_error
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import re
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from amnex.errors import InvalidAddress
 
@@ -21,6 +22,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _TLD = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _COMMON_EMAIL = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@((?:{_LABEL}\.)+{_TLD})")
 _RESERVED = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+_CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 def _fast_email(address: str) -> str | None:
@@ -34,6 +36,8 @@ def _fast_email(address: str) -> str | None:
     domain = domain.lower()
     if domain.rpartition(".")[2] in _RESERVED or domain in _RESERVED:
         return None
+    if local.lower() in _CASE_INSENSITIVE:
+        local = local.lower()  # RFC 2142 role mailboxes (postmaster, abuse, news, ...)
     return f"{local}@{domain}"
 
 

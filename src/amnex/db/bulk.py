@@ -25,8 +25,9 @@ from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 
-from amnex.db.engine import Database, sqlite_pragmas
+from amnex.db.engine import Database, is_transient_db_error, sqlite_pragmas
 
 
 class BatchConflict(Exception):
@@ -154,10 +155,8 @@ class BulkInserter:
             asyncpg.AdminShutdownError,
         ) as exc:
             raise BatchUnavailable(type(exc).__name__) from None
-        except Exception as exc:
+        except DBAPIError as exc:
             # SQLAlchemy wraps a failed pool connect in its own DBAPIError.
-            from sqlalchemy.exc import DBAPIError
-
-            if isinstance(exc, DBAPIError) and exc.connection_invalidated is not None:
+            if is_transient_db_error(exc):
                 raise BatchUnavailable(type(exc.orig).__name__) from None
             raise

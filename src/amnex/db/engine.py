@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,6 +29,17 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from amnex.config import Settings
+
+
+def is_transient_db_error(exc: DBAPIError) -> bool:
+    """Connection-level failures and lock timeouts are worth retrying; bad SQL is not."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    text = str(exc.orig).lower()
+    return any(
+        word in text
+        for word in ("connection", "database is locked", "shutting down", "terminat", "starting up")
+    )
 
 
 def sqlite_pragmas(settings: Settings) -> list[str]:

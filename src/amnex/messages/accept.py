@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-
+from amnex.db.bulk import BatchConflict, BatchUnavailable, BulkInserter
 from amnex.db.engine import Database
+from amnex.db.models import Base
 from amnex.errors import DatabaseUnavailable, ServiceUnavailable
 from amnex.messages.models import IdempotencyRecord, Message, MessageEvent
 from amnex.messages.service import PreparedMessage
@@ -38,9 +37,11 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "amnex_dispatch"
 
-_INSERT_KEYS = insert(IdempotencyRecord)
-_INSERT_MESSAGES = insert(Message)
-_INSERT_EVENTS = insert(MessageEvent)
+_KEYS = Base.metadata.tables[IdempotencyRecord.__tablename__]
+_MESSAGES = Base.metadata.tables[Message.__tablename__]
+_EVENTS = Base.metadata.tables[MessageEvent.__tablename__]
+
+__all__ = ["NOTIFY_CHANNEL", "AcceptWriter", "DuplicateIdempotencyKey"]
 
 
 class DuplicateIdempotencyKey(Exception):
@@ -76,6 +77,7 @@ class AcceptWriter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._inserter = BulkInserter(db, [_KEYS, _MESSAGES, _EVENTS], notify=NOTIFY_CHANNEL)
 
     async def start(self) -> None:
         self._tasks = [
@@ -93,6 +95,7 @@ class AcceptWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._inserter.close()
 
     async def submit(
         self, message: PreparedMessage, idempotency: dict[str, Any] | None = None
@@ -123,7 +126,7 @@ class AcceptWriter:
     async def _write_batch(self, batch: list[_Pending]) -> None:
         try:
             await self._insert_with_retry(batch)
-        except IntegrityError:
+        except BatchConflict:
             # One row broke a constraint: give every message its own transaction so only the
             # offending request fails.
             for pending in batch:
@@ -151,7 +154,7 @@ class AcceptWriter:
     async def _write_one(self, pending: _Pending) -> None:
         try:
             await self._insert_with_retry([pending])
-        except IntegrityError as exc:
+        except BatchConflict as exc:
             _settle(pending, DuplicateIdempotencyKey() if pending.idempotency else exc)
             return
         except DatabaseUnavailable as exc:
@@ -173,13 +176,9 @@ class AcceptWriter:
             try:
                 await self._insert(batch)
                 return
-            except IntegrityError:
-                raise
-            except (OperationalError, DBAPIError, OSError) as exc:
-                if isinstance(exc, DBAPIError) and not is_transient_db_error(exc):
-                    raise
+            except BatchUnavailable as exc:
                 if loop.time() + delay_s > deadline:
-                    log.warning("database unavailable for accept: %s", type(exc).__name__)
+                    log.warning("database unavailable for accept: %s", exc)
                     raise DatabaseUnavailable(
                         "the message was not stored; retry shortly", retry_after_s=2
                     ) from exc
@@ -187,27 +186,14 @@ class AcceptWriter:
                 delay_s = min(delay_s * 2, 0.5)
 
     async def _insert(self, batch: list[_Pending]) -> None:
-        rows = [p.message.row for p in batch]
-        events = [p.message.event for p in batch]
         keys = [p.idempotency for p in batch if p.idempotency is not None]
-        async with self._db.engine.begin() as conn:
-            if keys:
-                await conn.execute(_INSERT_KEYS, keys)
-            await conn.execute(_INSERT_MESSAGES, rows)
-            await conn.execute(_INSERT_EVENTS, events)
-            if not self._db.is_sqlite:
-                await conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
-
-
-def is_transient_db_error(exc: DBAPIError) -> bool:
-    """Connection-level failures and lock timeouts are worth retrying; bad SQL is not."""
-    if exc.connection_invalidated or isinstance(exc, OperationalError):
-        return True
-    text = str(exc.orig).lower()
-    return any(
-        word in text
-        for word in ("connection", "database is locked", "shutting down", "terminat", "starting up")
-    )
+        await self._inserter.insert(
+            [
+                (_KEYS, keys),
+                (_MESSAGES, [p.message.row for p in batch]),
+                (_EVENTS, [p.message.event for p in batch]),
+            ]
+        )
 
 
 def _settle(pending: _Pending, error: BaseException | None) -> None:

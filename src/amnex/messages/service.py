@@ -16,12 +16,11 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Any
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.service import KeyContext
+from amnex.compliance.addresses import normalise_email_address, normalise_phone_number
 from amnex.db.ids import looks_like_id, new_id
 from amnex.errors import (
     InvalidAddress,
@@ -48,24 +47,6 @@ class PreparedMessage:
 
     row: dict[str, Any]
     event: dict[str, Any]
-
-
-def normalise_email_address(address: str, *, field: str) -> str:
-    try:
-        result = validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidAddress(f"{field}: {exc}", field=field) from exc
-    return result.normalized
-
-
-def normalise_phone_number(address: str, *, field: str) -> str:
-    try:
-        number = phonenumbers.parse(address, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidAddress(f"{field}: not an E.164 number ({exc})", field=field) from exc
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidAddress(f"{field}: {address!r} is not a valid phone number", field=field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalise_recipient(channel: str, to: str) -> str:
