@@ -87,7 +87,19 @@ def test_an_operator_sets_up_an_account_from_the_command_line(cli_db: str) -> No
     )  # fmt: skip
     assert "noreply@shop.example" in default
 
+    sender_id = default.split()[0]
+    assert "noreply@shop.example  (default)" in run("senders", "list", "--account", account_id)
+    run("senders", "remove", "--account", account_id, "--sender", sender_id)
+    assert "noreply@shop.example" not in run("senders", "list", "--account", account_id)
+
+    assert "'Dana Ops'" in run("operators", "list")
+    run("operators", "revoke", "--name", "Dana Ops")
+    assert "REVOKED" in run("operators", "list")
+    assert token not in run("operators", "list")
+
     actions = audit_actions(cli_db)
+    assert ("cli:cli-tester", "operator.revoke") in actions
+    assert ("cli:cli-tester", "sender.delete") in actions
     assert ("cli:cli-tester", "api_key.revoke") in actions
     assert ("cli:cli-tester", "account.create") in actions
 

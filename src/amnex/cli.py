@@ -292,6 +292,69 @@ def operators_create(
     print(f"operator_id: {operator_id}\nadmin_token: {token}\n(shown once; store it now)")
 
 
+@operators_app.command("list")
+def operators_list(config: ConfigOption = None) -> None:
+    """List operators (never their tokens)."""
+    from amnex.accounts import service
+
+    async def work(session: AsyncSession) -> list[str]:
+        return [
+            f"{o.id}  {o.name!r}  {o.email or '-'}  "
+            f"{'REVOKED ' + o.revoked_at.isoformat() if o.revoked_at else 'active'}"
+            for o in await service.list_operators(session)
+        ]
+
+    for line in _with_db(_settings(config), work):
+        print(line)
+
+
+@operators_app.command("revoke")
+def operators_revoke(
+    name: Annotated[str, typer.Option(help="The operator's name.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke an operator's admin token."""
+    from amnex.accounts import service
+
+    async def work(session: AsyncSession) -> None:
+        await service.revoke_operator(session, name=name, actor=_actor())
+
+    _with_db(_settings(config), work)
+    print(f"revoked the token of {name!r}")
+
+
+@senders_app.command("list")
+def senders_list(account: AccountOption, config: ConfigOption = None) -> None:
+    """List the addresses and domains an account may send from."""
+    from amnex.accounts import service
+
+    async def work(session: AsyncSession) -> list[str]:
+        await service.get_account_or_raise(session, account)
+        return [
+            f"{s.id}  {s.channel}  {s.address}{'  (default)' if s.is_default else ''}"
+            for s in await service.list_senders(session, account)
+        ]
+
+    for line in _with_db(_settings(config), work):
+        print(line)
+
+
+@senders_app.command("remove")
+def senders_remove(
+    account: AccountOption,
+    sender: Annotated[str, typer.Option("--sender", help="Sender id (snd_...).")],
+    config: ConfigOption = None,
+) -> None:
+    """Stop an account from sending from an address or domain."""
+    from amnex.accounts import service
+
+    async def work(session: AsyncSession) -> None:
+        await service.delete_sender(session, account_id=account, sender_id=sender, actor=_actor())
+
+    _with_db(_settings(config), work)
+    print(f"removed {sender}")
+
+
 def main() -> None:
     try:
         app()

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Addresses or CIDR ranges of proxies that terminate TLS and set "
-        "X-Forwarded-Proto / X-Forwarded-For.",
+        "X-Forwarded-Proto: https when they did.",
     )
     hsts_max_age_s: int = 31_536_000
     max_body_bytes: int = 1_048_576

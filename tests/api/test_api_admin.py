@@ -74,9 +74,12 @@ async def test_operator_creates_an_account_and_its_first_key_is_shown_once(
     assert account["id"] in [a["id"] for a in listed.json()["data"]]
     assert used.status_code == 200, used.text
     assert used.headers["ratelimit-limit"] == "50"
+    # Reading an account's contact details is audited like a change; key lists are not.
     assert await audit_trail(db) == [
         ("account.create", account["id"]),
         ("api_key.create", key["id"]),
+        ("account.read", account["id"]),
+        ("account.list", "*"),
     ]
 
 
@@ -276,3 +279,18 @@ async def test_admin_request_with_a_bad_body_fails_validation(
         )
     assert field in error_fields(assert_problem(response, 422, "validation_failed"))
     assert await audit_trail(db) == []
+
+
+async def test_a_revoked_operator_token_stops_working(settings: Settings, db: Database) -> None:
+    from amnex.accounts.service import revoke_operator
+
+    token = await make_operator(db, name="Leaving Operator")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with serve_api(settings, db) as api:
+        before = await api.client.get("/admin/v1/accounts", headers=headers)
+        async with db.unit_of_work() as session:
+            await revoke_operator(session, name="Leaving Operator", actor="test")
+        api.runtime.auth.forget()  # another process's revocation: honoured within the cache TTL
+        after = await api.client.get("/admin/v1/accounts", headers=headers)
+    assert before.status_code == 200
+    assert_problem(after, 401, "unauthorized")

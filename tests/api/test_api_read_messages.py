@@ -255,3 +255,11 @@ async def test_unknown_or_malformed_message_id_is_not_found(
         ]
     for response in responses:
         assert_problem(response, 404, "not_found")
+
+
+def test_event_details_do_not_show_which_worker_held_the_message() -> None:
+    from amnex.api.routes.messages import client_event_detail
+
+    detail = {"attempt": 2, "worker": "host-7:1234:ABCDEF", "reclaimed_from": "host-3:99:XYZ"}
+    assert client_event_detail(detail) == {"attempt": 2}
+    assert client_event_detail(None) is None

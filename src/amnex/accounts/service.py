@@ -327,6 +327,27 @@ async def create_operator(
     return operator, token
 
 
+async def list_operators(session: AsyncSession) -> list[Operator]:
+    return list(await session.scalars(select(Operator).order_by(Operator.id)))
+
+
+async def revoke_operator(session: AsyncSession, *, name: str, actor: str) -> Operator:
+    """Revoke an operator's token; running API servers stop accepting it within seconds."""
+    operator = await session.scalar(select(Operator).where(Operator.name == name))
+    if operator is None:
+        raise NotFound(f"no operator named {name!r}")
+    if operator.revoked_at is None:
+        operator.revoked_at = utc_now()
+        record_audit(
+            session,
+            actor=actor,
+            action="operator.revoke",
+            target_type="operator",
+            target_id=operator.id,
+        )
+    return operator
+
+
 async def load_operator_context(session: AsyncSession, token_hash: str) -> OperatorContext | None:
     operator = await session.scalar(select(Operator).where(Operator.token_hash == token_hash))
     if operator is None or operator.revoked_at is not None:

@@ -14,6 +14,7 @@ from amnex.accounts import service
 from amnex.accounts.models import Account, ApiKey, Sender
 from amnex.accounts.service import OperatorContext
 from amnex.api.deps import json_response, require_operator, runtime
+from amnex.privacy.audit import record_audit
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
@@ -159,18 +160,39 @@ async def create_account(request: Request, body: AccountCreate, op: Operator) ->
     return json_response(request, out, status_code=201)
 
 
+# Reading accounts shows contact names, emails and phone numbers: personal data, so each read
+# is audited like a change (DESIGN: every staff access to personal data is logged).
+
+
 @router.get("/accounts", response_model=Page[AccountOut])
 async def list_accounts(request: Request, op: Operator) -> Response:
-    async with runtime(request).db.read_session() as session:
-        rows = await session.scalars(select(Account).order_by(Account.id))
-        return json_response(request, Page[AccountOut](data=[account_out(a) for a in rows]))
+    async with runtime(request).db.unit_of_work() as session:
+        rows = list(await session.scalars(select(Account).order_by(Account.id)))
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.list",
+            target_type="account",
+            target_id="*",
+            detail={"count": len(rows)},
+        )
+        page = Page[AccountOut](data=[account_out(a) for a in rows])
+    return json_response(request, page)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut)
 async def get_account(request: Request, account_id: str, op: Operator) -> Response:
-    async with runtime(request).db.read_session() as session:
+    async with runtime(request).db.unit_of_work() as session:
         account = await service.get_account_or_raise(session, account_id)
-        return json_response(request, account_out(account))
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.read",
+            target_type="account",
+            target_id=account.id,
+        )
+        out = account_out(account)
+    return json_response(request, out)
 
 
 @router.post("/accounts/{account_id}/keys", status_code=201, response_model=ApiKeyCreated)

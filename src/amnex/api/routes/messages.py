@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
@@ -46,9 +46,11 @@ ReadKey = Annotated[KeyContext, Depends(require_scope("read"))]
     status_code=201,
     response_model=MessageOut,
     summary="Send a message",
-    responses={
-        200: {"description": "Idempotent replay of an earlier request", "model": MessageOut}
-    },
+    description=(
+        "Answers 201 once the message is durably stored. With an `Idempotency-Key` seen in the "
+        "last 24 hours and the same body, answers as the first request did (201, the same id, "
+        "the message as it is now) with `Idempotent-Replayed: true`."
+    ),
 )
 async def send_message(
     request: Request,
@@ -169,12 +171,27 @@ async def list_message_events(request: Request, message_id: str, ctx: ReadKey) -
         page = MessageEventList(
             data=[
                 MessageEventOut(
-                    seq=e.seq, status=e.status, at=e.at, error_code=e.error_code, detail=e.detail
+                    seq=e.seq,
+                    status=e.status,
+                    at=e.at,
+                    error_code=e.error_code,
+                    detail=client_event_detail(e.detail),
                 )
                 for e in events
             ]
         )
     return json_response(request, page)
+
+
+# Which worker process held a message is operator information (host names, process ids); it
+# stays in the database for operators and is not shown to clients.
+_INTERNAL_EVENT_KEYS = frozenset({"worker", "reclaimed_from"})
+
+
+def client_event_detail(detail: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not detail:
+        return detail
+    return {k: v for k, v in detail.items() if k not in _INTERNAL_EVENT_KEYS}
 
 
 @router.delete(
