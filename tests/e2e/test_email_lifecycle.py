@@ -61,5 +61,33 @@ async def test_email_is_accepted_delivered_and_its_events_are_in_order(
         times = [e["at"] for e in events]
         assert times == sorted(times)
 
+        # And the operator sees it in the metrics; the service reports itself ready
+        metrics = (await api.client.get("/metrics")).text
+        ready = await api.client.get("/readyz")
+        health = await api.client.get("/healthz")
+    assert 'amnex_messages_accepted_total{channel="email"}' in metrics
+    assert 'amnex_messages_delivered_total{channel="email"}' in metrics
+    assert "amnex_queue_depth 0.0" in metrics
+    assert 'amnex_api_request_duration_seconds_count{method="POST",route="/v1/messages"' in metrics
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+    assert health.json() == {"status": "ok"}
+
     for channel in channels.values():
         await channel.close()
+
+
+async def test_readyz_reports_a_database_that_is_away(settings: Settings, db: Database) -> None:
+    away = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
+    )
+    broken = Database(away)
+    try:
+        async with serve_api(away, broken) as api:
+            response = await api.client.get("/readyz")
+    finally:
+        await broken.dispose()
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "not_ready"
+    assert response.json()["checks"]["database"].startswith("unavailable")
