@@ -22,6 +22,7 @@ from amnex.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from amnex.privacy.logsafe import failure_summary
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error(
+            "unhandled error on %s %s: %s",
+            request.method,
+            request.url.path,
+            failure_summary(exc),
+        )
         return problem_response(
             request,
             code="internal_error",

@@ -34,6 +34,7 @@ from amnex.dispatch import claim
 from amnex.dispatch.retry import RetryPolicy, decide_retry
 from amnex.messages.status import Status
 from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED
+from amnex.privacy.logsafe import failure_summary
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,12 @@ class Dispatcher:
             await self._record_error(item, exc)
             return
         except Exception as exc:  # a channel bug must not lose the message: retry it
-            log.exception("channel %s raised unexpectedly for %s", message.channel, message.id)
+            log.error(
+                "channel %s raised unexpectedly for %s: %s",
+                message.channel,
+                message.id,
+                failure_summary(exc),
+            )
             await self._record_error(
                 item, TemporaryDeliveryError("internal_error", f"{type(exc).__name__}")
             )

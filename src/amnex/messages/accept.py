@@ -32,6 +32,7 @@ from amnex.db.models import Base
 from amnex.errors import DatabaseUnavailable, ServiceUnavailable
 from amnex.messages.models import IdempotencyRecord, Message, MessageEvent
 from amnex.messages.service import PreparedMessage
+from amnex.privacy.logsafe import failure_summary
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class AcceptWriter:
                 for pending in batch:
                     await self._write_one(pending)
                 return
-            log.exception("accept batch failed")
+            log.error("accept batch failed: %s", failure_summary(exc))
             _settle(batch[0], exc)
             return
         for pending in batch:
@@ -161,7 +162,7 @@ class AcceptWriter:
             _settle(pending, exc)
             return
         except Exception as exc:
-            log.exception("accepting a message failed")
+            log.error("accepting a message failed: %s", failure_summary(exc))
             _settle(pending, exc)
             return
         _settle(pending, None)
