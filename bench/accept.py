@@ -20,8 +20,10 @@ results are written to bench/results/accept-<UTC time>.json.
     .venv/bin/python bench/accept.py [--requests 20000] [--connections 64] [--runs 3]
         [--targets noop,sqlite,postgres]
         [--pg-url postgresql://postgres@127.0.0.1:5432/test] [--duration-cap-s 120]
+        [--quiet-wait-s 60]
 
-Exits non-zero when a run is incomplete or a durability check fails.
+Targets: noop, sqlite, sqlite-normal, postgres. Exits non-zero when a run is incomplete, answered
+anything but 201, or fails its durability check; 2 when wrk is missing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import ipaddress
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -87,6 +90,7 @@ class RunResult:
     complete: bool
     rows_added: int | None
     durable: bool | None
+    cpu: dict[str, float]
     wrk: dict[str, Any]
 
     @property
@@ -106,6 +110,7 @@ class Server:
     api_key: str = "none"
     database_url: str | None = None
     pg_database: str | None = None
+    pg_admin_url: str = ""
     log_file: IO[bytes] | None = None
 
     def tail(self, lines: int = 30) -> str:
@@ -316,8 +321,81 @@ def start_target(bench: Bench, target: str) -> Server:
     server.api_key = api_key
     server.database_url = database_url
     server.pg_database = pg_database
+    server.pg_admin_url = bench.pg_admin_url
     wait_healthy(server)
     return server
+
+
+# --- CPU accounting --------------------------------------------------------------------------
+#
+# This 2-core machine is shared: other people's test suites run on it at any time. Each run
+# therefore records where the CPU went — the server under test, wrk, PostgreSQL, and everything
+# else ("other") — and waits, within a bound, for a quiet machine before it starts.
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds, since boot, that all CPUs spent busy (not idle, iowait or stolen), and
+    stolen by the hypervisor for other guests (noise that no process here accounts for)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    steal = fields[7] if len(fields) > 7 else 0
+    busy = sum(fields[:8]) - fields[3] - fields[4] - steal
+    return busy * _TICK_S, steal * _TICK_S
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process, all its threads included."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def postgres_cpu_s(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of the given PostgreSQL backends (the server's pooled connections)."""
+    return {pid: process_cpu_s(pid) for pid in pids}
+
+
+async def pg_backend_pids(admin_url: str, database: str) -> list[int]:
+    conn = await asyncpg.connect(plain_pg_url(admin_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+    finally:
+        await conn.close()
+    return [int(row["pid"]) for row in rows]
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_quiet(max_wait_s: float, *, max_busy_cores: float = 0.15) -> float:
+    """Wait until the machine is idle for a 1 s window (our servers idle too). Returns the wait."""
+    started = time.monotonic()
+    announced = False
+    while True:
+        busy0 = machine_busy_s()[0]
+        time.sleep(1.0)
+        busy = machine_busy_s()[0] - busy0
+        waited = time.monotonic() - started
+        if busy <= max_busy_cores or waited >= max_wait_s:
+            if announced:
+                print(f"    (waited {waited:.0f}s for a quiet machine; now {busy:.2f} cores busy)")
+            return waited
+        if not announced:
+            print(
+                f"    machine busy ({busy:.2f} cores used by others); "
+                f"waiting up to {max_wait_s:.0f}s"
+            )
+            announced = True
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -363,12 +441,44 @@ def measure(
     first_number: int,
 ) -> RunResult:
     before = asyncio.run(count_messages(server.database_url)) if server.database_url else None
+    pids = (
+        asyncio.run(pg_backend_pids(server.pg_admin_url, server.pg_database))
+        if server.pg_database
+        else []
+    )
+    wall0, (busy0, steal0) = time.monotonic(), machine_busy_s()
+    server0, wrk0, pg0 = process_cpu_s(server.process.pid), children_cpu_s(), postgres_cpu_s(pids)
     out = run_wrk(
         server,
         requests=requests,
         connections=connections,
         cap_s=cap_s,
         first_number=first_number,
+    )
+    wall = time.monotonic() - wall0
+    busy1, steal1 = machine_busy_s()
+    pg1 = postgres_cpu_s(pids)
+    cpu = {
+        "wall_s": wall,
+        "server_cores": (process_cpu_s(server.process.pid) - server0) / wall,
+        "wrk_cores": (children_cpu_s() - wrk0) / wall,
+        # A backend that ended during the run reads 0 afterwards: count only what it gained.
+        "postgres_cores": sum(max(0.0, pg1[p] - pg0[p]) for p in pids) / wall,
+        "machine_cores": (busy1 - busy0) / wall,
+        "steal_cores": (steal1 - steal0) / wall,
+    }
+    # Whatever else the machine did: other people's processes, and kernel threads working for
+    # us that no process is charged for (loopback softirq, the ext4 journal, PostgreSQL's WAL
+    # writer and checkpointer).
+    cpu["other_cores"] = max(
+        0.0,
+        cpu["machine_cores"] - cpu["server_cores"] - cpu["wrk_cores"] - cpu["postgres_cores"],
+    )
+    # The server's CPU time per accepted message: the number that bounds throughput here.
+    statuses_so_far = {str(k): int(v) for k, v in out["statuses"].items()}
+    answered = sum(statuses_so_far.values())
+    cpu["server_cpu_us_per_request"] = (
+        (cpu["server_cores"] * wall / answered * 1e6) if answered else 0.0
     )
     if server.process.poll() is not None:
         raise RuntimeError(f"{server.target}: the server died during the run:\n{server.tail()}")
@@ -392,6 +502,7 @@ def measure(
         complete=bool(out["complete"]),
         rows_added=rows_added,
         durable=durable,
+        cpu=cpu,
         wrk=out,
     )
 
@@ -410,6 +521,13 @@ def describe(result: RunResult) -> str:
     if result.rows_added is not None:
         verdict = "ok" if result.durable else "MISMATCH"
         text += f"  rows +{result.rows_added} ({verdict})"
+    cpu = result.cpu
+    text += (
+        f"\n{'':<24}server {cpu['server_cores']:.2f} cores "
+        f"({cpu['server_cpu_us_per_request']:.0f} us/request), wrk {cpu['wrk_cores']:.2f}, "
+        f"postgres backends {cpu['postgres_cores']:.2f}, rest {cpu['other_cores']:.2f}, "
+        f"stolen {cpu['steal_cores']:.2f}"
+    )
     return text
 
 
@@ -428,6 +546,10 @@ def summarise(results: list[RunResult], targets: list[str]) -> list[dict[str, An
             "median_accepted_per_s": statistics.median(r.accepted_per_s for r in runs),
             "median_p50_ms": statistics.median(r.p50_ms for r in runs),
             "median_p99_ms": statistics.median(r.p99_ms for r in runs),
+            "median_server_cpu_us_per_request": statistics.median(
+                r.cpu["server_cpu_us_per_request"] for r in runs
+            ),
+            "max_other_cores": max(r.cpu["other_cores"] for r in runs),
             "all_durable": all(r.durable is not False for r in runs),
             "all_complete": all(r.complete for r in runs),
         }
@@ -440,8 +562,8 @@ def summarise(results: list[RunResult], targets: list[str]) -> list[dict[str, An
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     lines = [
         "| target | median accepted/s | p50 ms | p99 ms | vs no-op | runs (accepted/s) | "
-        "rows = 201s |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "rows = 201s | server CPU µs/request | rest of machine (max, cores) |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for row in summary:
         ratio = f"{row['ratio_to_noop']:.2f}" if row["ratio_to_noop"] is not None else "n/a"
@@ -450,7 +572,8 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['target']} | {row['median_accepted_per_s']:,.0f} | "
             f"{row['median_p50_ms']:.1f} | {row['median_p99_ms']:.1f} | {ratio} | {runs} | "
-            f"{durable} |"
+            f"{durable} | {row['median_server_cpu_us_per_request']:.0f} | "
+            f"{row['max_other_cores']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -477,7 +600,11 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        # Uncommitted changes under src/ would be measured too; bench/ itself does not count.
+        "src_dirty": bool(git("status", "--porcelain", "--", "src")),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -516,6 +643,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--duration-cap-s", type=int, default=120, help="time cap per run")
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this long for other work on the machine to stop",
+    )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(targets) - set(KNOWN_TARGETS))
@@ -567,15 +700,20 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[str] = args.target_list
     started = datetime.now(UTC)
     results: list[RunResult] = []
+    # The servers import src/ when they start, and other people commit to this tree: record
+    # the code as it is now, and say so if it changed before the end.
+    code = git_state()
     with bench_session(args.pg_url) as bench:
         data_fs = filesystem_of(bench.workdir)
-        print(f"work dir {bench.workdir} ({data_fs}); targets {', '.join(targets)}")
+        dirty = " + uncommitted src/ changes" if code["src_dirty"] else ""
+        print(f"code {code['commit'][:10]}{dirty}; work dir {bench.workdir} ({data_fs})")
         for target in targets:
             server = start_target(bench, target)
             print(f"  started {target} at {server.base_url} (pid {server.process.pid})")
         for round_no in range(args.runs + 1):
             print("warm-up round (discarded)" if round_no == 0 else f"round {round_no}")
             for target in targets:
+                waited = wait_for_quiet(args.quiet_wait_s)
                 result = measure(
                     bench.servers[target],
                     round_no,
@@ -585,10 +723,9 @@ def main(argv: list[str] | None = None) -> int:
                     # Distinct recipients in every run, for realism; nothing depends on it.
                     first_number=(round_no * len(targets) + targets.index(target)) * args.requests,
                 )
+                result.cpu["waited_for_quiet_s"] = waited
                 results.append(result)
                 print(describe(result), flush=True)
-                # Let the previous server's tail (WAL checkpoint, socket teardown) settle.
-                time.sleep(1.0)
 
     summary = summarise(results, targets)
     table = markdown_table(summary)
@@ -623,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
             "wrk_threads": 1,
         },
         "machine": {**machine(), "data_filesystem": data_fs},
-        "code": git_state(),
+        "code": {**code, "changed_during_run": git_state() != code},
         "summary": summary,
         "verdicts": verdicts,
         "runs": [asdict(r) for r in results],
