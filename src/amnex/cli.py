@@ -86,7 +86,7 @@ def serve(
 ) -> None:
     """The HTTP API (stateless: run as many as needed)."""
     from amnex.api.app import create_app
-    from amnex.runtime import Runtime
+    from amnex.runtime import Runtime, tune_gc_for_serving
 
     overrides = {}
     if certfile:
@@ -98,8 +98,10 @@ def serve(
         raise typer.BadParameter("give both a TLS certificate and its key, or neither")
     _logging()
     _require_current_schema(settings)
+    app = create_app(Runtime.build(settings))
+    tune_gc_for_serving()
     uvicorn.run(
-        create_app(Runtime.build(settings)),
+        app,
         host=host,
         port=port,
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,

@@ -26,7 +26,7 @@ from amnex.channels.smtp import SmtpChannel
 from amnex.config import Settings, load_settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
-from amnex.runtime import Runtime
+from amnex.runtime import Runtime, tune_gc_for_serving
 from amnex.simulators.smtp_sink import SmtpSink
 from amnex.worker_process import build_dispatcher, housekeeping
 
@@ -191,6 +191,7 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
         + "\n",
     )
     await rt.start()
+    tune_gc_for_serving()
     dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
     chores = asyncio.create_task(housekeeping(db), name="housekeeping")
     print(  # noqa: T201 - the dev command talks to the person who ran it

@@ -3,6 +3,7 @@
     AmnexError                      code            status
     ├── InvalidRequest              invalid_request  400   (malformed JSON, wrong types, ...)
     │   ├── PayloadTooLarge         payload_too_large 413
+    │   ├── UnsupportedMediaType    unsupported_media_type 415
     │   └── ValidationFailed        validation_failed 422  (field-level detail in `errors`)
     │       ├── InvalidAddress      invalid_address   422
     │       ├── SenderNotAllowed    sender_not_allowed 422
@@ -54,6 +55,12 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
     status = 413
     title = "The request body is too large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    code = "unsupported_media_type"
+    status = 415
+    title = "The request body is not JSON"
 
 
 class ValidationFailed(InvalidRequest):

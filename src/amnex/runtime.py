@@ -6,6 +6,7 @@ here is created at import time.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,20 @@ from amnex.api.ratelimit import RateLimiter
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.accept import AcceptWriter
+
+
+def tune_gc_for_serving() -> None:
+    """Move start-up objects out of the collector's way and collect young objects less often.
+
+    A request allocates many short-lived objects; with the default threshold (700) the young
+    generation is collected every few requests and the collector rescans everything loaded at
+    start-up. Freezing the start-up heap and raising the threshold gave about 30 % more
+    accepted messages per second on the accept benchmark (see bench/README.md); cycles are
+    still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 def routable_channels(settings: Settings) -> frozenset[str]:

@@ -148,13 +148,8 @@ REJECTIONS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         "validation_failed",
         "subject",
     ),
-    (
-        "metadata-lone-surrogate",
-        {"metadata": {"note": "\ud800"}},
-        422,
-        "validation_failed",
-        "metadata",
-    ),
+    # A lone surrogate is not Unicode text: the JSON parser refuses the document itself.
+    ("metadata-lone-surrogate", {"metadata": {"note": "\ud800"}}, 400, "invalid_request", None),
     ("missing-subject", {"subject": None}, 422, "validation_failed", None),
     ("missing-body-and-html", {"body": None}, 422, "validation_failed", None),
     (
@@ -487,3 +482,15 @@ async def test_sender_display_name_that_makes_from_too_long_is_refused(
     assert "from" in assert_problem(response, 422, "validation_failed")["detail"]
     assert ok.status_code == 201
     assert await count_messages(db) == 1
+
+
+async def test_a_body_that_is_not_json_by_its_content_type_is_refused(
+    settings: Settings, db: Database, account: AccountHandle
+) -> None:
+    async with serve_api(settings, db) as api:
+        response = await api.client.post(
+            "/v1/messages",
+            headers={**account.headers, "Content-Type": "application/x-www-form-urlencoded"},
+            content=b"channel=email&to=alex%40example.com",
+        )
+    assert_problem(response, 415, "unsupported_media_type")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
@@ -17,7 +17,9 @@ from amnex.db.base import UTCDateTime
 from amnex.db.engine import Database
 from amnex.db.migrate import downgrade_database, schema_is_current, upgrade_database
 from amnex.db.models import Base
+from amnex.messages.models import Message
 from amnex.privacy.audit import record_audit
+from support import AccountHandle, serve_api
 
 
 async def test_the_migrated_schema_matches_the_models(db: Database) -> None:
@@ -97,3 +99,22 @@ async def test_database_errors_never_carry_message_content(db: Database) -> None
                 [{"id": "dup", "at": datetime(2026, 1, 1, tzinfo=UTC), "actor": secret}] * 2,
             )  # fmt: skip
     assert secret not in str(caught.value)
+
+
+async def test_absent_json_is_stored_as_sql_null(
+    settings: Settings, db: Database, account: AccountHandle
+) -> None:
+    async with serve_api(settings, db) as api:
+        response = await api.client.post(
+            "/v1/messages",
+            headers=account.headers,
+            json={"channel": "email", "to": "a@example.com", "subject": "s", "body": "b"},
+        )
+    assert response.status_code == 201
+    async with db.read_session() as session:
+        nulls = await session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.meta.is_(None), Message.provider_detail.is_(None))
+        )
+    assert nulls == 1

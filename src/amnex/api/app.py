@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -49,4 +50,24 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
     if rt.settings.dev_mode:
         app.include_router(dev.router)
     app.add_middleware(EdgeMiddleware, settings=rt.settings)
+    _add_openapi_components(app, messages.OPENAPI_COMPONENTS)
     return app
+
+
+def _add_openapi_components(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Publish schemas of bodies that routes read by hand (FastAPI cannot see them)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            spec["components"].setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key (`amx_…`) or, for /admin/v1, an operator token.",
+            }
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from amnex.accounts.service import (
     API_KEY_PREFIX,
@@ -38,6 +39,7 @@ class _TtlCache(Generic[T]):
     def __init__(self, ttl_s: float) -> None:
         self._ttl_s = ttl_s
         self._items: OrderedDict[str, tuple[float, T | None]] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[T | None]] = {}
 
     def get(self, key: str) -> tuple[bool, T | None]:
         hit = self._items.get(key)
@@ -53,6 +55,33 @@ class _TtlCache(Generic[T]):
 
     def clear(self) -> None:
         self._items.clear()
+        self._loading.clear()
+
+    async def get_or_load(
+        self, key: str, load: Callable[[], Coroutine[Any, Any, T | None]]
+    ) -> T | None:
+        """The cached value, or one load shared by every caller that missed at the same time.
+
+        Without the sharing, all requests in flight when an entry expires would query the
+        database at once (a stampede every `ttl_s` under load).
+        """
+        found, value = self.get(key)
+        if found:
+            return value
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key, load))
+            self._loading[key] = task
+        # shield: a caller that gives up (client gone) must not cancel the others' load.
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str, load: Callable[[], Coroutine[Any, Any, T | None]]) -> T | None:
+        try:
+            value = await load()
+            self.put(key, value)
+            return value
+        finally:
+            self._loading.pop(key, None)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -77,11 +106,12 @@ class Authenticator:
         if not token.startswith(API_KEY_PREFIX):
             raise AuthenticationFailed("not an Amnex API key")
         key_hash = hash_secret(token)
-        found, ctx = self._keys.get(key_hash)
-        if not found:
+
+        async def load() -> KeyContext | None:
             async with self._db.read_session() as session:
-                ctx = await load_key_context(session, key_hash)
-            self._keys.put(key_hash, ctx)
+                return await load_key_context(session, key_hash)
+
+        ctx = await self._keys.get_or_load(key_hash, load)
         if ctx is None:
             raise AuthenticationFailed("the API key is unknown or revoked")
         self._touch(ctx.key_id)
@@ -92,11 +122,12 @@ class Authenticator:
         if not token.startswith(OPERATOR_TOKEN_PREFIX):
             raise AuthenticationFailed("not an operator token")
         token_hash = hash_secret(token)
-        found, ctx = self._operators.get(token_hash)
-        if not found:
+
+        async def load() -> OperatorContext | None:
             async with self._db.read_session() as session:
-                ctx = await load_operator_context(session, token_hash)
-            self._operators.put(token_hash, ctx)
+                return await load_operator_context(session, token_hash)
+
+        ctx = await self._operators.get_or_load(token_hash, load)
         if ctx is None:
             raise AuthenticationFailed("the operator token is unknown or revoked")
         return ctx

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from amnex.accounts.service import KeyContext, OperatorContext
-from amnex.errors import PermissionDenied, RateLimited
+from amnex.errors import InvalidRequest, PermissionDenied, RateLimited, UnsupportedMediaType
 from amnex.runtime import Runtime
 
 
@@ -18,27 +20,60 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def require_scope(scope: str) -> Callable[[Request], Awaitable[KeyContext]]:
-    async def authenticate(request: Request) -> KeyContext:
-        rt = runtime(request)
-        ctx = await rt.auth.api_key(request.headers.get("authorization"))
-        if scope not in ctx.scopes:
-            raise PermissionDenied(f"this API key lacks the `{scope}` scope")
-        per_s = (
-            ctx.rate_limit_per_s
-            or ctx.account_settings.get("rate_limit_per_s")
-            or rt.settings.default_rate_limit_per_s
+async def authorize(request: Request, scope: str) -> KeyContext:
+    """The API key's context, if it holds `scope` and is within its rate limit."""
+    rt = runtime(request)
+    ctx = await rt.auth.api_key(request.headers.get("authorization"))
+    if scope not in ctx.scopes:
+        raise PermissionDenied(f"this API key lacks the `{scope}` scope")
+    per_s = (
+        ctx.rate_limit_per_s
+        or ctx.account_settings.get("rate_limit_per_s")
+        or rt.settings.default_rate_limit_per_s
+    )
+    decision = await rt.limiter.hit(ctx.key_id, int(per_s))
+    request.state.rate_headers = decision.headers()
+    if not decision.allowed:
+        raise RateLimited(
+            f"more than {decision.limit} requests per second for this key",
+            retry_after_s=decision.reset_s,
         )
-        decision = await rt.limiter.hit(ctx.key_id, int(per_s))
-        request.state.rate_headers = decision.headers()
-        if not decision.allowed:
-            raise RateLimited(
-                f"more than {decision.limit} requests per second for this key",
-                retry_after_s=decision.reset_s,
-            )
-        return ctx
+    return ctx
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[KeyContext]]:
+    """`authorize` as a FastAPI dependency."""
+
+    async def authenticate(request: Request) -> KeyContext:
+        return await authorize(request, scope)
 
     return authenticate
+
+
+_JSON_TYPES = ("application/json", "application/problem+json")
+M = TypeVar("M", bound=BaseModel)
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """Parse and validate a JSON body with pydantic's own JSON parser.
+
+    The hot `POST /v1/messages` reads its body here rather than through a FastAPI body
+    parameter, so that credentials are checked before the body is even read and the body is
+    parsed once. Errors take the same problem+json shape as FastAPI's.
+    """
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in _JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"send the body as application/json, not {media}")
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
 
 
 async def require_operator(request: Request) -> OperatorContext:

@@ -106,7 +106,12 @@ def validation_problem(request: Request, exc: RequestValidationError) -> Respons
                 request,
                 InvalidRequest(f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"),
             )
-        if loc == ("body",) and kind in ("missing", "model_attributes_type", "dict_type"):
+        if loc == ("body",) and kind in (
+            "missing",
+            "model_attributes_type",
+            "dict_type",
+            "model_type",
+        ):
             return error_response(request, InvalidRequest("the body must be a JSON object"))
     fields = [
         {

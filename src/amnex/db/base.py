@@ -46,7 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else ensure_utc(value)
 
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# None is stored as SQL NULL (not the JSON text `null`), so `IS NULL` finds it.
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Base(DeclarativeBase):
