@@ -88,8 +88,8 @@ def json_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Serialise once with pydantic (aliases applied) and attach the rate-limit headers."""
-    merged = dict(getattr(request.state, "rate_headers", {}))
-    merged.update(headers or {})
+    rate_headers: dict[str, str] | None = request.scope.get("state", {}).get("rate_headers")
+    merged = {**rate_headers, **headers} if rate_headers and headers else (rate_headers or headers)
     return Response(
         model.model_dump_json(by_alias=True),
         status_code=status_code,

@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -75,6 +76,9 @@ class EdgeMiddleware:
         self.max_body_bytes = settings.max_body_bytes
         self.classify = _ClientClassifier(parse_networks(settings.trusted_proxies))
         self.hsts = f"max-age={settings.hsts_max_age_s}; includeSubDomains".encode()
+        # Histogram children by (method, route, status class): labels() costs a lock and a
+        # tuple build per call, and the set of routes is small and fixed.
+        self._timers: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,10 +146,13 @@ class EdgeMiddleware:
                 await self._buffered(scope, receive, send_with_headers)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            API_REQUEST_DURATION.labels(
-                method=scope["method"], route=path, status=f"{status_holder[0] // 100}xx"
-            ).observe(time.perf_counter() - started)
+            key = (scope["method"], getattr(route, "path", "unmatched"), status_holder[0] // 100)
+            timer = self._timers.get(key)
+            if timer is None:
+                timer = self._timers[key] = API_REQUEST_DURATION.labels(
+                    method=key[0], route=key[1], status=f"{key[2]}xx"
+                )
+            timer.observe(time.perf_counter() - started)
 
     async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A body without Content-Length (chunked): read it within the limit, then replay it."""

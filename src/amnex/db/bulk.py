@@ -42,24 +42,29 @@ class BatchUnavailable(Exception):
 class _Statement:
     sql: str
     keys: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    # (position, processor) for the columns whose values need converting (dates, JSON).
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]
 
-    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        pairs = list(zip(self.keys, self.processors, strict=True))
-        return [
-            tuple(row.get(key) if p is None else p(row.get(key)) for key, p in pairs)
-            for row in rows
-        ]
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+        keys, conversions = self.keys, self.conversions
+        out = []
+        for row in rows:
+            values = [row[key] for key in keys]
+            for position, convert in conversions:
+                values[position] = convert(values[position])
+            out.append(values)
+        return out
 
 
-def _compile(table: Table, dialect: Dialect) -> _Statement:
-    keys = [c.key for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-    compiled = insert(table).inline().compile(dialect=dialect, column_keys=keys)
+def _compile(table: Table, dialect: Dialect, keys: Sequence[str]) -> _Statement:
+    """An INSERT of exactly `keys` (absent columns take their database default, NULL)."""
+    compiled = insert(table).inline().compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or keys)
+    processors = [table.c[k].type._cached_bind_processor(dialect) for k in order]
     return _Statement(
         sql=compiled.string,
         keys=order,
-        processors=tuple(table.c[k].type._cached_bind_processor(dialect) for k in order),
+        conversions=tuple((i, p) for i, p in enumerate(processors) if p is not None),
     )
 
 
@@ -68,8 +73,9 @@ class BulkInserter:
 
     def __init__(self, db: Database, tables: Sequence[Table], *, notify: str | None = None) -> None:
         self._db = db
-        dialect = db.engine.dialect
-        self._statements = {table.name: _compile(table, dialect) for table in tables}
+        self._dialect = db.engine.dialect
+        self._tables = {table.name: table for table in tables}
+        self._statements: dict[tuple[str, tuple[str, ...]], _Statement] = {}
         self._notify = notify if not db.is_sqlite else None
         self._executor: ThreadPoolExecutor | None = None
         self._sqlite: sqlite3.Connection | None = None
@@ -79,16 +85,28 @@ class BulkInserter:
 
     async def insert(self, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
         """Write every (table, rows) pair in order, in one transaction, or nothing."""
-        work = [
-            (self._statements[table.name], self._statements[table.name].parameters(rows))
-            for table, rows in batches
-            if rows
-        ]
+        work = []
+        for table, rows in batches:
+            # Rows are grouped by the columns they carry: normally all rows share them.
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in rows:
+                groups.setdefault(tuple(row), []).append(row)
+            for keys, group in groups.items():
+                statement = self._statement(table, keys)
+                work.append((statement, statement.parameters(group)))
         if self._executor is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self._insert_sqlite, work)
         else:
             await self._insert_postgres(work)
+
+    def _statement(self, table: Table, keys: tuple[str, ...]) -> _Statement:
+        """The compiled INSERT for these columns; rows of one batch share their keys."""
+        statement = self._statements.get((table.name, keys))
+        if statement is None:
+            statement = _compile(self._tables[table.name], self._dialect, keys)
+            self._statements[(table.name, keys)] = statement
+        return statement
 
     def close(self) -> None:
         if self._executor is not None:
@@ -109,7 +127,7 @@ class BulkInserter:
             conn.execute(pragma)
         return conn
 
-    def _insert_sqlite(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+    def _insert_sqlite(self, work: list[tuple[_Statement, list[list[Any]]]]) -> None:
         if self._sqlite is None:
             self._sqlite = self._connect_sqlite()
         conn = self._sqlite
@@ -131,7 +149,7 @@ class BulkInserter:
             self._sqlite.close()
             self._sqlite = None
 
-    async def _insert_postgres(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+    async def _insert_postgres(self, work: list[tuple[_Statement, list[list[Any]]]]) -> None:
         import asyncpg  # type: ignore[import-untyped]
 
         try:
