@@ -82,16 +82,17 @@ async def require_operator(request: Request) -> OperatorContext:
 
 def json_response(
     request: Request,
-    model: BaseModel,
+    model: BaseModel | bytes,
     *,
     status_code: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """Serialise once with pydantic (aliases applied) and attach the rate-limit headers."""
+    """Serialise once with pydantic (aliases applied), or send JSON bytes as they are, and
+    attach the rate-limit headers."""
     rate_headers: dict[str, str] | None = request.scope.get("state", {}).get("rate_headers")
     merged = {**rate_headers, **headers} if rate_headers and headers else (rate_headers or headers)
     return Response(
-        model.model_dump_json(by_alias=True),
+        model if isinstance(model, bytes) else model.model_dump_json(by_alias=True),
         status_code=status_code,
         media_type="application/json",
         headers=merged,

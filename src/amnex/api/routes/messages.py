@@ -29,6 +29,7 @@ from amnex.messages.service import (
     get_message_or_raise,
     list_events,
     list_messages,
+    message_json,
     message_out,
     prepare_message,
 )
@@ -118,7 +119,7 @@ async def send_message(request: Request) -> Response:
     MESSAGES_ACCEPTED.labels(channel=body.channel).inc()
     return json_response(
         request,
-        message_out(prepared.row),
+        message_json(prepared.row),
         status_code=201,
         headers={"Location": f"/v1/messages/{prepared.row['id']}"},
     )
