@@ -52,6 +52,7 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,
         server_header=False,
         log_level="warning",
     )
