@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import ipaddress
 import itertools
 import re
 import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -18,10 +16,8 @@ from typing import Any
 
 import dkim
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from amnex.channels.base import (
@@ -38,6 +34,7 @@ from amnex.channels.smtp import (
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.simulators.smtp_sink import SmtpSink
+from support import server_tls_context
 
 StartSink = Callable[..., Awaitable[SmtpSink]]
 StartChannel = Callable[..., Awaitable[SmtpChannel]]
@@ -108,41 +105,6 @@ async def start_channel() -> AsyncIterator[StartChannel]:
 @pytest.fixture
 async def channel(sink: SmtpSink, start_channel: StartChannel) -> SmtpChannel:
     return await start_channel(sink.port)
-
-
-def server_tls_context(tmp_path: Path) -> ssl.SSLContext:
-    """A server context with a fresh self-signed certificate for 127.0.0.1 and localhost."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "sink.crt", tmp_path / "sink.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 def free_port() -> int:
