@@ -55,3 +55,17 @@ async def test_a_conflict_writes_nothing_of_the_batch(db: Database) -> None:
     async with db.read_session() as session:
         count = await session.scalar(select(func.count()).select_from(AuditEntry))
     assert count == 1
+
+
+async def test_a_value_the_driver_cannot_bind_leaves_the_connection_usable(db: Database) -> None:
+    inserter = BulkInserter(db, [AUDIT])
+    bad = {**audit_row(7), "target_id": object()}  # no driver can bind an arbitrary object
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error type
+            await inserter.insert([(AUDIT, [audit_row(5), bad])])
+        await inserter.insert([(AUDIT, [audit_row(6)])])
+    finally:
+        inserter.close()
+    async with db.read_session() as session:
+        ids = list(await session.scalars(select(AuditEntry.id)))
+    assert ids == ["aud_0006"]

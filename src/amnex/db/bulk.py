@@ -143,6 +143,12 @@ class BulkInserter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise BatchUnavailable(str(exc)) from None
+        except BaseException:
+            # Anything else (a value the driver cannot bind, say): leave no transaction open
+            # on this long-lived connection, and let the writer isolate the bad row.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _close_sqlite(self) -> None:
         if self._sqlite is not None:
