@@ -175,13 +175,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
         # A database that is down, restarting or locked is a 503 the client may retry, on
-        # every route (the accept path has its own retries; reads and cancels do not).
-        if isinstance(exc, DBAPIError) and is_transient_db_error(exc):
+        # every route (the accept path has its own retries; reads and cancels do not). A
+        # refused or timed-out connection can surface as a bare OSError from the driver:
+        # the database is the only network peer a request waits on (Redis fails open).
+        transient = isinstance(exc, OSError) or (
+            isinstance(exc, DBAPIError) and is_transient_db_error(exc)
+        )
+        if transient:
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
             log.warning(
                 "database unavailable on %s %s: %s",
                 request.method,
                 request.url.path,
-                type(exc.orig).__name__,
+                type(cause).__name__,
             )
             return error_response(
                 request, DatabaseUnavailable("the database did not answer; retry shortly")
@@ -190,6 +196,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(AmnexError, on_amnex_error)
     app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(OSError, on_database_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
