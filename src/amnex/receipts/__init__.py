@@ -1,0 +1,1 @@
+"""Receipts: delivery receipts and inbound messages — parsing (pure) and applying them."""

@@ -1,0 +1,85 @@
+"""Delivery receipts: both forms, carrier states, error codes, and ids in their many spellings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from amnex.receipts.dlr import (
+    ReceiptParseError,
+    id_match_keys,
+    normalise_state,
+    parse_receipt,
+    parse_receipt_text,
+)
+
+TEXT = (
+    b"id:0001234567 sub:001 dlvrd:001 submit date:2611281405 done date:2611281406 "
+    b"stat:DELIVRD err:000 text:Your code is 48"
+)
+
+
+def test_the_text_form_is_read_field_by_field() -> None:
+    fields = parse_receipt_text(TEXT.decode())
+    assert fields["id"] == "0001234567"
+    assert fields["stat"] == "DELIVRD"
+    assert fields["submit date"] == "2611281405"
+    assert fields["text"] == "Your code is 48"
+
+
+def test_a_delivered_receipt() -> None:
+    receipt = parse_receipt(TEXT)
+    assert receipt.provider_message_id == "0001234567"  # opaque: leading zeros kept
+    assert (receipt.state, receipt.status, receipt.error_code) == ("DELIVRD", "delivered", None)
+    assert receipt.submit_date == datetime(2026, 11, 28, 14, 5, tzinfo=UTC)
+    assert (receipt.submitted, receipt.delivered) == (1, 1)
+
+
+def test_tlvs_win_over_the_text() -> None:
+    receipt = parse_receipt(
+        b"id:999 stat:DELIVRD err:000",
+        receipted_message_id="ABC123",
+        message_state=5,
+        network_error_code=bytes([3, 0, 1]),
+    )
+    assert receipt.provider_message_id == "ABC123"
+    assert (receipt.state, receipt.status) == ("UNDELIV", "undelivered")
+    assert (receipt.raw_error, receipt.error_code) == ("1", "unknown_subscriber")
+
+
+@pytest.mark.parametrize(
+    ("state", "err", "status", "code"),
+    [
+        ("DELIVRD", "000", "delivered", None),
+        ("UNDELIV", "000", "undelivered", "undeliverable"),
+        ("UNDELIV", "001", "undelivered", "unknown_subscriber"),
+        ("UNDELIV", "27", "undelivered", "absent_subscriber"),
+        ("EXPIRED", None, "undelivered", "expired"),
+        ("REJECTD", "011", "failed", "blocked_by_carrier"),
+        ("DELETED", None, "undelivered", "deleted_by_carrier"),
+        ("UNKNOWN", None, "undelivered", "unknown_outcome"),
+        ("ACCEPTD", None, None, None),
+        ("ENROUTE", None, None, None),
+        ("WEIRD", None, "undelivered", "unknown_outcome"),
+    ],
+)
+def test_carrier_states_map_to_amnex_statuses(
+    state: str, err: str | None, status: str | None, code: str | None
+) -> None:
+    assert normalise_state(state, err) == (status, code)
+
+
+@pytest.mark.parametrize("body", [b"hello there", b"id:123 text:no state", b"stat:DELIVRD"])
+def test_text_that_is_not_a_receipt_is_refused(body: bytes) -> None:
+    with pytest.raises(ReceiptParseError):
+        parse_receipt(body)
+
+
+def test_ids_match_across_leading_zeros_and_bases() -> None:
+    submitted = id_match_keys("0001234567")
+    assert "1234567" in submitted
+    assert id_match_keys("1234567") & submitted
+    hex_id = "12d687"  # 1234567 in hex
+    assert id_match_keys(hex_id) & id_match_keys("1234567")
+    assert "ABC-9" in id_match_keys("ABC-9")
