@@ -6,9 +6,11 @@ Packages follow the message, in the order it travels:
     accounts/     accounts, API keys, senders, operators
     messages/     accept: schemas, the message table, the status machine, group commit
     dispatch/     claim due messages under leases, retry with backoff, record outcomes
-    channels/     carrier connections behind one protocol (email over SMTP)
-    simulators/   local carrier peers for dev, tests and benchmarks (SMTP sink)
-    privacy/      audit log (encryption, retention and subject requests follow)
+    channels/     carrier connections behind one protocol (email over SMTP; smpp/ codec,
+                  text encodings and session, not yet routed)
+    receipts/     delivery receipts, parsed and normalised
+    simulators/   local carrier peers for dev, tests and benchmarks (SMTP sink, SMSC)
+    privacy/      audit log, log-safe failure summaries (encryption, retention follow)
     db/           engines, unit of work, migrations
     config.py, errors.py, clock.py, metrics.py, runtime.py, cli.py
 """
