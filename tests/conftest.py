@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -21,7 +22,7 @@ from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
 from amnex.simulators.smtp_sink import SmtpSink
-from support import AccountHandle, make_account, truncate_all
+from support import AccountHandle, StartSink, make_account, truncate_all
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -125,13 +126,24 @@ def base_settings(database_url: str, redis_url: str | None) -> Settings:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    server = SmtpSink(host="127.0.0.1", port=0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def start_sink() -> AsyncIterator[StartSink]:
+    """Start SMTP sinks with any options; every one is stopped after the test."""
+    sinks: list[SmtpSink] = []
+
+    async def start(**kwargs: Any) -> SmtpSink:
+        sink = SmtpSink(**kwargs)
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield start
+    for sink in sinks:
+        await sink.stop()
+
+
+@pytest.fixture
+async def sink(start_sink: StartSink) -> SmtpSink:
+    return await start_sink()
 
 
 @pytest.fixture

@@ -28,8 +28,12 @@ from amnex.db.engine import Database
 from amnex.db.models import Base
 from amnex.dispatch.worker import Dispatcher
 from amnex.runtime import Runtime
+from amnex.simulators.smtp_sink import SmtpSink
 
 T = TypeVar("T")
+
+# Starts an SMTP sink with the given options (the `start_sink` fixture).
+StartSink = Callable[..., Awaitable[SmtpSink]]
 
 
 @dataclass

@@ -34,9 +34,8 @@ from amnex.channels.smtp import (
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.simulators.smtp_sink import SmtpSink
-from support import server_tls_context
+from support import StartSink, server_tls_context
 
-StartSink = Callable[..., Awaitable[SmtpSink]]
 StartChannel = Callable[..., Awaitable[SmtpChannel]]
 
 _ids = itertools.count(1)
@@ -58,26 +57,6 @@ def outbound(to: str = "alice@example.org", **fields: Any) -> OutboundMessage:
     }
     values.update(fields)
     return OutboundMessage(**values)
-
-
-@pytest.fixture
-async def start_sink() -> AsyncIterator[StartSink]:
-    sinks: list[SmtpSink] = []
-
-    async def start(**kwargs: Any) -> SmtpSink:
-        sink = SmtpSink(**kwargs)
-        await sink.start()
-        sinks.append(sink)
-        return sink
-
-    yield start
-    for sink in sinks:
-        await sink.stop()
-
-
-@pytest.fixture
-async def sink(start_sink: StartSink) -> SmtpSink:
-    return await start_sink()
 
 
 @pytest.fixture

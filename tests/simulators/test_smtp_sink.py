@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -12,29 +11,7 @@ import aiosmtplib
 import pytest
 
 from amnex.simulators.smtp_sink import SmtpSink, outcome_digits
-from support import server_tls_context
-
-StartSink = Callable[..., Awaitable[SmtpSink]]
-
-
-@pytest.fixture
-async def start_sink() -> AsyncIterator[StartSink]:
-    sinks: list[SmtpSink] = []
-
-    async def start(**kwargs: object) -> SmtpSink:
-        sink = SmtpSink(**kwargs)  # type: ignore[arg-type]
-        await sink.start()
-        sinks.append(sink)
-        return sink
-
-    yield start
-    for sink in sinks:
-        await sink.stop()
-
-
-@pytest.fixture
-async def sink(start_sink: StartSink) -> SmtpSink:
-    return await start_sink()
+from support import StartSink, server_tls_context
 
 
 def make_email(to: str = "alice@example.org", amnex_id: str = "msg_1") -> EmailMessage:
