@@ -27,7 +27,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 
-from amnex.db.engine import Database, is_transient_db_error, sqlite_pragmas
+from amnex.db.engine import Database, begin_immediate, is_transient_db_error, sqlite_pragmas
 
 
 class BatchConflict(Exception):
@@ -131,8 +131,13 @@ class BulkInserter:
         if self._sqlite is None:
             self._sqlite = self._connect_sqlite()
         conn = self._sqlite
+        settings = self._db.settings
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(
+                conn.execute,
+                timeout_s=settings.sqlite_busy_timeout_ms / 1000,
+                busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            )
             for statement, params in work:
                 conn.executemany(statement.sql, params)
             conn.execute("COMMIT")

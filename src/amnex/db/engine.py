@@ -13,7 +13,10 @@ message content or addresses into a log line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util.concurrency import await_
 
 from amnex.config import Settings
 
@@ -54,6 +58,51 @@ def sqlite_pragmas(settings: Settings) -> list[str]:
     ]
 
 
+# Polling for SQLite's write lock: first wait, and the longest wait between two tries.
+WRITE_LOCK_FIRST_WAIT_S = 0.0002
+WRITE_LOCK_MAX_WAIT_S = 0.002
+
+
+def begin_immediate(
+    execute: Callable[[str], object],
+    *,
+    timeout_s: float,
+    busy_timeout_ms: int,
+    sleep: Callable[[float], object] = time.sleep,
+) -> None:
+    """`BEGIN IMMEDIATE` (take the write lock now), polling for it every few milliseconds.
+
+    SQLite's own busy handler backs off to sleeps of up to 100 ms, so with two processes
+    writing in turn (an API and a worker on one SQLite file) each would sleep far longer
+    than the other holds the lock, and throughput collapses. Here the lock is asked for with
+    the handler switched off and asked again after at most 2 ms, until `timeout_s`; the
+    connection's busy timeout is back in force for the statements of the transaction.
+
+    `sleep` must not block the event loop when this runs on it (SQLAlchemy's async engine
+    runs its events there): another task of this process may hold the lock.
+    """
+    deadline = time.monotonic() + timeout_s
+    wait_s = WRITE_LOCK_FIRST_WAIT_S
+    execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                execute("BEGIN IMMEDIATE")
+                return
+            except (sqlite3.OperationalError, OperationalError) as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            sleep(wait_s)
+            wait_s = min(wait_s * 2, WRITE_LOCK_MAX_WAIT_S)
+    finally:
+        execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+
+
+def _sleep_on_the_loop(seconds: float) -> None:
+    """Sleep from SQLAlchemy's sync-looking code without blocking the event loop."""
+    await_(asyncio.sleep(seconds))
+
+
 def _sqlite_engine(settings: Settings, *, immediate: bool) -> AsyncEngine:
     engine = create_async_engine(
         settings.database_url,
@@ -71,9 +120,29 @@ def _sqlite_engine(settings: Settings, *, immediate: bool) -> AsyncEngine:
             cursor.execute(pragma)
         cursor.close()
 
+    busy_timeout_s = settings.sqlite_busy_timeout_ms / 1000
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not immediate:
+            conn.exec_driver_sql("BEGIN")
+            return
+        # On the driver's own cursor: a failed try must not touch SQLAlchemy's transaction.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            begin_immediate(
+                cursor.execute,
+                timeout_s=busy_timeout_s,
+                busy_timeout_ms=busy_timeout_ms,
+                sleep=_sleep_on_the_loop,
+            )
+        except sqlite3.OperationalError as exc:
+            # Wrapped as SQLAlchemy wraps driver errors, so callers see one kind of error.
+            raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+        finally:
+            cursor.close()
+
+    busy_timeout_ms = int(settings.sqlite_busy_timeout_ms)
 
     return engine
 
