@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from amnex.receipts.dlr import (
+    ReceiptIdFormat,
     ReceiptParseError,
-    id_match_keys,
+    canonical_id,
     normalise_state,
     parse_receipt,
     parse_receipt_text,
+    receipt_id_key,
 )
 
 TEXT = (
@@ -76,10 +78,33 @@ def test_text_that_is_not_a_receipt_is_refused(body: bytes) -> None:
         parse_receipt(body)
 
 
-def test_ids_match_across_leading_zeros_and_bases() -> None:
-    submitted = id_match_keys("0001234567")
-    assert "1234567" in submitted
-    assert id_match_keys("1234567") & submitted
-    hex_id = "12d687"  # 1234567 in hex
-    assert id_match_keys(hex_id) & id_match_keys("1234567")
-    assert "ABC-9" in id_match_keys("ABC-9")
+@pytest.mark.parametrize(
+    ("submitted", "reported", "id_format"),
+    [
+        ("0001234567", "1234567", "as_is"),  # leading zeros dropped by the carrier
+        ("1234567", "0001234567", "as_is"),  # ... or added
+        ("ABC-9", "abc-9", "as_is"),  # case
+        ("a1b2c3d4-0001", "A1B2C3D4-0001", "as_is"),
+        ("12D687", "1234567", "hex_in_receipt_decimal"),  # hex id reported in decimal
+        ("1234567", "12d687", "decimal_in_receipt_hex"),  # decimal id reported in hex
+        ("abc-9", "ABC-9", "hex_in_receipt_decimal"),  # not a number: matched as is
+    ],
+)
+def test_a_receipt_finds_its_part_in_the_connectors_id_format(
+    submitted: str, reported: str, id_format: ReceiptIdFormat
+) -> None:
+    assert receipt_id_key(reported, id_format) == canonical_id(submitted)
+
+
+@pytest.mark.parametrize(
+    ("submitted", "reported"),
+    [
+        ("1234567", "1234568"),
+        ("abc-9", "abc-90"),
+        # Never guessed: decimal 512 is not the hex id 0x200 of another message
+        ("200", "512"),
+        ("512", "200"),
+    ],
+)
+def test_unrelated_ids_do_not_match(submitted: str, reported: str) -> None:
+    assert receipt_id_key(reported) != canonical_id(submitted)

@@ -8,9 +8,10 @@ text form of SMPP 3.4 Appendix B in the short message:
     id:IIIIIIIIII sub:SSS dlvrd:DDD submit date:YYMMDDhhmm done date:YYMMDDhhmm stat:DDDDDDD
     err:E text:...
 
-The TLVs win where both are present. Provider message ids are opaque text; `id_match_keys`
-gives the forms under which a receipt's id may match the id a submit_sm_resp returned
-(carriers differ on leading zeros, and some report a hex id in decimal or the reverse).
+The TLVs win where both are present. Provider message ids are opaque text; `receipt_id_key`
+gives the form under which a receipt's id matches the id a submit_sm_resp returned
+(carriers differ on leading zeros and case, and some report a hex id in decimal or the
+reverse, which each connector declares).
 """
 
 from __future__ import annotations
@@ -162,17 +163,29 @@ def parse_receipt(
     )
 
 
-def id_match_keys(provider_message_id: str) -> set[str]:
-    """The forms under which this id may appear in a receipt, for matching.
+ReceiptIdFormat = Literal["as_is", "hex_in_receipt_decimal", "decimal_in_receipt_hex"]
 
-    The id itself (opaque, case kept), without leading zeros, and — when it reads as a number
-    in one base — the same number written in the other base. Storing these keys beside a
-    submitted part lets a receipt find it whichever form the carrier used.
+
+def canonical_id(provider_message_id: str) -> str:
+    """The form a provider id is matched under: trimmed, lowercase, no leading zeros.
+
+    The id itself is kept beside it, untouched (opaque text).
     """
-    raw = provider_message_id.strip()
-    keys = {raw, raw.lower().lstrip("0") or "0"}
-    if raw.isdigit():
-        keys.add(format(int(raw), "x"))
-    if re.fullmatch(r"[0-9a-fA-F]+", raw):
-        keys.add(str(int(raw, 16)))
-    return keys
+    return provider_message_id.strip().lower().lstrip("0") or "0"
+
+
+def receipt_id_key(receipt_id: str, id_format: ReceiptIdFormat = "as_is") -> str:
+    """The canonical submit id a receipt's id stands for, per the connector's id format.
+
+    Carriers differ: most report the id exactly as submit_sm_resp gave it (perhaps with or
+    without leading zeros, in another case); some report a hex id in decimal, or the reverse.
+    Which one a carrier does is a property of the connector (`receipt_id_format`), never
+    guessed per receipt: guessing lets the decimal id 512 match the hex id 0x200 of another
+    message.
+    """
+    raw = receipt_id.strip()
+    if id_format == "hex_in_receipt_decimal" and raw.isdigit():
+        return canonical_id(format(int(raw), "x"))
+    if id_format == "decimal_in_receipt_hex" and re.fullmatch(r"[0-9a-fA-F]+", raw):
+        return canonical_id(str(int(raw, 16)))
+    return canonical_id(raw)

@@ -1,1 +1,1 @@
-"""Channels: SMS over SMPP 3.4 — our own codec and text encodings (session and connector next)."""
+"""Channels: SMS over SMPP 3.4 — our own codec, text encodings, session and connector."""
