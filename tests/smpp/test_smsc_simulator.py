@@ -399,3 +399,154 @@ async def test_inject_mo_without_a_receiver_fails_clearly(
     await bind(smsc, "TX")
     with pytest.raises(NoReceiverBound, match="no receiver"):
         await smsc.inject_mo("4915100000001", "Shop", "STOP")
+
+
+# -- response_delay_s -------------------------------------------------------------------------
+
+
+async def test_response_delay_holds_every_submit_sm_resp_and_keeps_their_order(
+    start_smsc: StartSmsc, raw: Callable[[SmscSimulator], Awaitable[RawClient]]
+) -> None:
+    # Given an SMSC that answers submit_sm 0.2 s after it arrives
+    delay_s = 0.2
+    smsc = await start_smsc(response_delay_s=delay_s)
+    client = await raw(smsc)
+    await client.bind()  # bind_resp is not delayed
+    loop = asyncio.get_running_loop()
+    # When three submit_sm (accepted, refused, accepted) and an enquire_link go out
+    sent_at: dict[int, float] = {}
+    for destination in ("4915100000001", "4915100000091", "4915100000002"):
+        message = pdu.SubmitSm(destination_addr=destination)
+        message.sequence_number = client.next_sequence()
+        sent_at[message.sequence_number] = loop.time()
+        await client.send(message)
+    await client.send(pdu.EnquireLink())
+    # Then the enquire_link is answered at once, ahead of the held responses
+    link = await client.read()
+    assert isinstance(link, pdu.EnquireLinkResp)
+    assert loop.time() - min(sent_at.values()) < delay_s
+    # And every submit_sm_resp, error or not, comes at least delay_s after its submit, in order
+    responses = [await client.read() for _ in sent_at]
+    arrived_at = loop.time()
+    assert [r.sequence_number for r in responses] == list(sent_at)
+    assert all(isinstance(r, pdu.SubmitSmResp) for r in responses)
+    assert [r.command_status for r in responses] == [
+        pdu.CommandStatus.ESME_ROK,
+        pdu.CommandStatus.ESME_RSUBMITFAIL,
+        pdu.CommandStatus.ESME_ROK,
+    ]
+    assert arrived_at - max(sent_at.values()) >= delay_s
+
+
+async def test_response_delay_applies_to_each_submit_from_its_own_arrival(
+    start_smsc: StartSmsc, raw: Callable[[SmscSimulator], Awaitable[RawClient]]
+) -> None:
+    # Given an SMSC with a 0.15 s answer latency
+    delay_s = 0.15
+    smsc = await start_smsc(response_delay_s=delay_s)
+    client = await raw(smsc)
+    await client.bind()
+    loop = asyncio.get_running_loop()
+    # When a second submit_sm follows the first by 0.1 s
+    first_at = loop.time()
+    await client.send(pdu.SubmitSm(destination_addr="4915100000001"))
+    await asyncio.sleep(0.1)
+    second_at = loop.time()
+    await client.send(pdu.SubmitSm(destination_addr="4915100000002"))
+    # Then each answer waits for its own delay, not for the batch's
+    first = await client.read()
+    first_arrived = loop.time()
+    second = await client.read()
+    second_arrived = loop.time()
+    assert (first.sequence_number, second.sequence_number) == (2, 3)
+    assert first_arrived - first_at >= delay_s
+    assert first_arrived < second_at + delay_s  # not held back until the second is due
+    assert second_arrived - second_at >= delay_s
+
+
+def test_response_delay_cannot_be_negative() -> None:
+    with pytest.raises(ValueError, match="response_delay_s"):
+        SmscSimulator(response_delay_s=-0.1)
+
+
+# -- receipts built from the raw submit_sm, and counters ---------------------------------------
+
+
+async def test_receipt_swaps_addresses_with_their_ton_and_npi_and_counters_follow(
+    smsc: SmscSimulator, raw: Callable[[SmscSimulator], Awaitable[RawClient]]
+) -> None:
+    client = await raw(smsc)
+    await client.bind()
+    resp = await client.request(
+        pdu.SubmitSm(
+            source_addr_ton=5,
+            source_addr_npi=0,
+            source_addr="Shop",
+            dest_addr_ton=1,
+            dest_addr_npi=1,
+            destination_addr="4915100000001",
+            registered_delivery=1,
+            data_coding=8,
+            short_message="Grüße €uro — ok".encode("utf-16-be"),
+        )
+    )
+    assert isinstance(resp, pdu.SubmitSmResp)
+    receipt = await client.read()
+    assert isinstance(receipt, pdu.DeliverSm)
+    assert (receipt.source_addr_ton, receipt.source_addr_npi, receipt.source_addr) == (
+        1,
+        1,
+        "4915100000001",
+    )
+    assert (receipt.dest_addr_ton, receipt.dest_addr_npi, receipt.destination_addr) == (
+        5,
+        0,
+        "Shop",
+    )
+    assert (receipt.esm_class, receipt.data_coding, receipt.registered_delivery) == (4, 0, 0)
+    assert pdu.get_cstring_tlv(receipt.tlvs, pdu.Tag.RECEIPTED_MESSAGE_ID) == resp.message_id
+    assert pdu.get_int_tlv(receipt.tlvs, pdu.Tag.MESSAGE_STATE) == 2
+    # GSM-7 octets, unpacked: € is ESC 0x65; '—' is not in GSM-7 and becomes '?'.
+    assert receipt.short_message.endswith(b"text:Gr\x7e\x1e" + b"e \x1beuro ? ok")
+    assert smsc.submitted_count == 1
+    assert smsc.receipts_sent == 1
+    assert smsc.receipts_acknowledged == 0
+    await client.send(pdu.DeliverSmResp(sequence_number=receipt.sequence_number))
+    await client.request(pdu.EnquireLink())  # the deliver_sm_resp has been read by now
+    assert smsc.receipts_acknowledged == 1
+
+
+async def test_message_payload_submit_is_stored_and_receipted_from_its_tlv(
+    smsc: SmscSimulator, raw: Callable[[SmscSimulator], Awaitable[RawClient]]
+) -> None:
+    client = await raw(smsc)
+    await client.bind()
+    submit = pdu.SubmitSm(destination_addr="4915100000001", registered_delivery=1)
+    submit.tlvs[pdu.Tag.MESSAGE_PAYLOAD] = b"A long text carried in the payload TLV"
+    resp = await client.request(submit)
+    assert isinstance(resp, pdu.SubmitSmResp)
+    assert resp.command_status == pdu.CommandStatus.ESME_ROK
+    (stored,) = smsc.messages()
+    assert stored["text"] == "A long text carried in the payload TLV"
+    receipt = await client.read()
+    assert isinstance(receipt, pdu.DeliverSm)
+    assert receipt.short_message.endswith(b"text:A long text carried ")  # the first 20 characters
+
+
+async def test_bad_tlv_stream_is_nacked_and_not_stored(
+    smsc: SmscSimulator, raw: Callable[[SmscSimulator], Awaitable[RawClient]]
+) -> None:
+    client = await raw(smsc)
+    await client.bind()
+    frame = bytearray(
+        pdu.encode(pdu.SubmitSm(sequence_number=42, destination_addr="4915100000001"))
+    )
+    frame += b"\x04\x24"  # two octets after short_message: too few for a TLV header
+    frame[0:4] = len(frame).to_bytes(4, "big")
+    client.writer.write(bytes(frame))
+    nack = await client.read()
+    assert isinstance(nack, pdu.GenericNack)
+    assert nack.sequence_number == 42
+    assert nack.command_status == pdu.CommandStatus.ESME_RINVOPTPARSTREAM
+    assert smsc.messages() == []
+    assert smsc.submitted_count == 0

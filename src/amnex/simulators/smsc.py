@@ -18,15 +18,36 @@ Appendix B text, and stay owed until the ESME answers deliver_sm_resp: a receipt
 a connection that drops is sent again on the next receiver bind. `inject_mo` pushes an inbound
 message the same way. State lives in memory only.
 
-Speed. The simulator must be much faster than the client it measures, so it is a plain
-`asyncio.Protocol`: frames are cut with `read_header`, responses of one read are written with
-one `transport.write`, received messages are kept raw and decoded only when `messages()` is
-called, and receipts due at the same delay are drained by one timer, not one per message.
+Latency. With `response_delay_s` > 0 every submit_sm_resp (success or error) leaves that long
+after its submit_sm arrived, in arrival order: an SMSC with a fixed answer latency, which is
+what bounds a windowed ESME at window / latency. The responses of one read share one due time
+and go out in one write from a per-connection FIFO drained by a single `loop.call_at` timer,
+not a task or timer per message. bind, enquire_link and generic_nack answers are not delayed.
+
+Counters for benchmarks, all cheap: `submitted_count` (submit_sm given a message id since
+start, 93s included), `receipts_sent` (receipt deliver_sm written, a re-offer counts again) and
+`receipts_acknowledged` (receipts answered with ESME_ROK).
+
+Speed. The simulator must be much faster than the client it measures (bench/smpp.py: tens of
+thousands of submit_sm/s on one core), so it is a plain `asyncio.Protocol` and the submit_sm
+hot path does as little as it can:
+
+- frames are cut from the read with one `struct.unpack_from` each, without copying the buffer;
+- a submit_sm is scanned, not decoded: the C-strings up to registered_delivery and sm_length
+  are located with `bytes.index` under the codec's limits, and only the destination address,
+  esm_class and registered_delivery are read. A frame that does not scan cleanly, or that
+  carries TLVs, goes through the full `pdu.decode`, so malformed input gets exactly the
+  codec's error status in a generic_nack;
+- the frame is kept raw and decoded only by `messages()` or when its receipt falls due;
+- the responses of one read leave in one `transport.write`, stamped with one clock reading;
+- a receipt is built when it falls due (not when its submit arrives), receipts due at the same
+  delay are drained by one timer, and the Appendix B text of a message body is cached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import struct
@@ -43,8 +64,16 @@ __all__ = ["NoReceiverBound", "SmscSimulator", "outcome_digits"]
 
 _SMSC_SYSTEM_ID: Final = "amnex-smsc"
 _HEADER: Final = struct.Struct(">IIII")
+_TLV_HEAD: Final = struct.Struct(">HH")
+_HEADER_SIZE: Final = pdu.HEADER_SIZE
+_MAX_PDU_SIZE: Final = pdu.MAX_PDU_SIZE
 _RESP_BIT: Final = 0x80000000
 _MAX_SEQUENCE: Final = 0x7FFFFFFF
+_SUBMIT_SM: Final = int(pdu.CommandId.SUBMIT_SM)
+_SUBMIT_SM_RESP: Final = int(pdu.CommandId.SUBMIT_SM_RESP)
+_DELIVER_SM: Final = int(pdu.CommandId.DELIVER_SM)
+_ESME_ROK: Final = int(pdu.CommandStatus.ESME_ROK)
+_ESME_RINVCMDLEN: Final = int(pdu.CommandStatus.ESME_RINVCMDLEN)
 # Single short_message carries at most 254 octets; longer MO text goes in message_payload.
 _MAX_SHORT_MESSAGE: Final = 254
 # Statuses with which an ESME says "later, not never": the receipt is offered again.
@@ -57,6 +86,8 @@ _RETRY_STATUSES: Final = frozenset(
 )
 _MESSAGE_STATE_DELIVERED: Final = 2
 _MESSAGE_STATE_UNDELIVERABLE: Final = 5
+# Receipt text is built from at most this many characters of the original message.
+_RECEIPT_TEXT_CHARS: Final = 20
 
 _BindResp = pdu.BindTransmitterResp | pdu.BindReceiverResp | pdu.BindTransceiverResp
 _BIND_RESP: Final[dict[int, type[_BindResp]]] = {
@@ -78,79 +109,142 @@ def outcome_digits(address: str) -> str | None:
 
 @dataclass(slots=True)
 class _Received:
-    """A submit_sm as received; decoded lazily by `messages()` to keep the hot path cheap."""
+    """A submit_sm as received: the raw frame, decoded lazily by `messages()` and receipts."""
 
     message_id: str
     system_id: str
-    source: str
+    frame: bytes
     destination: str
-    data_coding: int
-    esm_class: int
-    registered_delivery: int
-    short_message: bytes
     received_at: float
 
 
 @dataclass(slots=True)
 class _Owed:
-    """A deliver_sm sent and not yet answered: a receipt to offer again, or an MO's waiter."""
+    """A deliver_sm to send or sent and not yet answered: a receipt, or an MO with its waiter.
+
+    `body` is the deliver_sm without its header (the sequence number changes on every
+    attempt). A receipt's body is built from `receipt_for` when it first falls due.
+    """
 
     system_id: str
-    deliver: pdu.DeliverSm
+    body: bytes | None
+    receipt_for: _Received | None
     waiter: asyncio.Future[int] | None
+
+
+def _scan_submit(frame: bytes) -> tuple[str, int, int]:
+    """(destination_addr, esm_class, registered_delivery) of a complete submit_sm frame.
+
+    Locates every field up to short_message with the codec's length limits, so a frame that
+    passes is one `pdu.decode` accepts; anything else (or TLVs, which this does not check) is
+    handed to `pdu.decode`, which raises the precise PduError.
+    """
+    end = len(frame)
+    index = frame.index
+    try:
+        # service_type (6), source ton/npi, source_addr (21), dest ton/npi, destination (21)
+        pos = index(0, 16, min(22, end)) + 3
+        pos = index(0, pos, min(pos + 21, end)) + 3
+        nul = index(0, pos, min(pos + 21, end))
+        destination = frame[pos:nul].decode("latin-1")
+        esm_class = frame[nul + 1]
+        # esm_class, protocol_id, priority_flag; schedule_delivery_time and validity (17)
+        pos = index(0, nul + 4, min(nul + 21, end)) + 1
+        pos = index(0, pos, min(pos + 17, end)) + 1
+        registered_delivery = frame[pos]
+        # registered_delivery, replace_if_present, data_coding, sm_default_msg_id, sm_length
+        sm_end = pos + 5 + frame[pos + 4]
+    except (ValueError, IndexError):
+        sm_end = -1
+    if sm_end != end or sm_end - pos - 5 > _MAX_SHORT_MESSAGE:
+        submit = pdu.decode(frame)  # raises PduError for anything malformed
+        if not isinstance(submit, pdu.SubmitSm):  # the header said submit_sm
+            raise pdu.PduError(pdu.CommandStatus.ESME_RINVCMDID, "not a submit_sm")
+        return submit.destination_addr, submit.esm_class, submit.registered_delivery
+    return destination, esm_class, registered_delivery
 
 
 class _Session(asyncio.Protocol):
     def __init__(self, smsc: SmscSimulator) -> None:
         self._smsc = smsc
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._rest = b""
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._closing = False
         self.system_id: str | None = None
         self.can_transmit = False
         self.can_receive = False
         self._sequence = itertools.count(1)
         self.owed: dict[int, _Owed] = {}
+        # response_delay_s: (due, responses of one read), in arrival order, and its one timer.
+        self._delayed: deque[tuple[float, bytes]] = deque()
+        self._delayed_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # create_server always hands a stream protocol an asyncio.Transport.
+        # create_server always hands a stream protocol a stream transport (uvloop's is not an
+        # asyncio.Transport subclass, but has the same methods).
         self.transport = cast(asyncio.Transport, transport)
         self._smsc._sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._closing = True
+        if self._delayed_timer is not None:
+            self._delayed_timer.cancel()
+            self._delayed_timer = None
+        self._delayed.clear()
         self._smsc._session_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        pos = 0
+        buffer = self._rest + data if self._rest else data
         end = len(buffer)
-        try:
-            while end - pos >= pdu.HEADER_SIZE:
-                # A 16-octet copy is cheaper than compacting the buffer after every frame.
-                header = pdu.read_header(bytes(buffer[pos : pos + pdu.HEADER_SIZE]))
-                if header is None:  # unreachable: 16 octets are there; keeps mypy exact
+        pos = 0
+        unpack = _HEADER.unpack_from
+        smsc = self._smsc
+        # Tests may wrap `_submit` (the decoded form) on the instance to watch or refuse
+        # submits; then every submit_sm is decoded and goes through it.
+        submit = smsc._submit_decoded if "_submit" in vars(smsc) else smsc._submit_frame
+        delay_s = smsc.response_delay_s
+        out = self._out
+        # Responses to submit_sm: straight into `out`, or held back when they are delayed.
+        responses = out
+        due = 0.0
+        if delay_s > 0:
+            responses = []
+            due = asyncio.get_running_loop().time() + delay_s
+        # Every frame of one read arrived at the same moment.
+        received_at = time.time()
+        while end - pos >= _HEADER_SIZE:
+            length, cid, _status, seq = unpack(buffer, pos)
+            if length < _HEADER_SIZE or length > _MAX_PDU_SIZE:
+                # A bad command_length: the stream cannot be re-framed, so say why and hang up.
+                out.append(_header_only(pdu.CommandId.GENERIC_NACK, _ESME_RINVCMDLEN, seq))
+                self._rest = b""
+                self._flush()
+                self._close()
+                return
+            if end - pos < length:
+                break
+            frame = buffer[pos : pos + length]
+            pos += length
+            if cid == _SUBMIT_SM and self.can_transmit:
+                try:
+                    response = submit(cast(str, self.system_id), frame, seq, received_at)
+                except pdu.PduError as error:
+                    out.append(_nack(error, seq))
+                    continue
+                if response is not None:
+                    responses.append(response)
+            else:
+                self._handle(cid, seq, frame, responses)
+                if self._closing:
                     break
-                length = header.command_length
-                if end - pos < length:
-                    break
-                frame = bytes(buffer[pos : pos + length])
-                pos += length
-                self._handle(header, frame)
-                if self.transport is None or self.transport.is_closing():
-                    break
-        except pdu.PduError as error:
-            # A bad command_length: the stream cannot be re-framed, so say why and hang up.
-            self._send(_nack(error))
-            self._flush()
-            self._close()
-            return
-        finally:
-            del buffer[:pos]
+        self._rest = buffer[pos:] if pos < end else b""
+        if responses is not out and responses:
+            self._delay(b"".join(responses), due)
         self._flush()
 
     # -- writing ----------------------------------------------------------------------------
@@ -166,13 +260,33 @@ class _Session(asyncio.Protocol):
         self._flush_scheduled = False
         if not self._out:
             return
-        out, self._out = self._out, []
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
+            self.transport.write(data)
 
     def _close(self) -> None:
+        self._closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def _delay(self, data: bytes, due: float) -> None:
+        self._delayed.append((due, data))
+        if self._delayed_timer is None:
+            loop = asyncio.get_running_loop()
+            self._delayed_timer = loop.call_at(due, self._release_delayed)
+
+    def _release_delayed(self) -> None:
+        self._delayed_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            self._out.append(delayed.popleft()[1])
+        self._flush()
+        if delayed:
+            self._delayed_timer = loop.call_at(delayed[0][0], self._release_delayed)
 
     def next_sequence(self) -> int:
         seq = next(self._sequence)
@@ -182,60 +296,55 @@ class _Session(asyncio.Protocol):
         return seq
 
     def send_deliver(self, owed: _Owed) -> None:
+        body = owed.body
+        if body is None:  # _offer builds receipts before they get here
+            return
         seq = self.next_sequence()
-        owed.deliver.sequence_number = seq
         self.owed[seq] = owed
-        self._send(pdu.encode(owed.deliver))
+        self._send(_HEADER.pack(_HEADER_SIZE + len(body), _DELIVER_SM, 0, seq) + body)
+        if owed.waiter is None:
+            self._smsc.receipts_sent += 1
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _handle(self, header: pdu.Header, frame: bytes) -> None:
-        cid = header.command_id
-        seq = header.sequence_number
+    def _handle(self, cid: int, seq: int, frame: bytes, responses: list[bytes]) -> None:
+        """Everything but a submit_sm on a session that may submit (data_received does those)."""
         if cid == pdu.CommandId.ENQUIRE_LINK:
             # Allowed in every session state (SMPP 3.4 section 2.3).
-            self._send(_header_only(pdu.CommandId.ENQUIRE_LINK_RESP, 0, seq))
+            self._out.append(_header_only(pdu.CommandId.ENQUIRE_LINK_RESP, 0, seq))
             return
         if cid & _RESP_BIT:
-            self._handle_response(header)
+            self._handle_response(seq, _HEADER.unpack_from(frame)[2])
             return
         if cid in _BIND_RESP:
             self._handle_bind(frame, cid, seq)
             return
         if self.system_id is None:
-            self._send(_header_only(cid | _RESP_BIT, pdu.CommandStatus.ESME_RINVBNDSTS, seq))
+            status = pdu.CommandStatus.ESME_RINVBNDSTS
+            response = _header_only(cid | _RESP_BIT, status, seq)
+            (responses if cid == _SUBMIT_SM else self._out).append(response)
             return
-        if cid == pdu.CommandId.SUBMIT_SM:
-            if not self.can_transmit:
-                self._send(_submit_resp(seq, pdu.CommandStatus.ESME_RINVBNDSTS))
-                return
-            try:
-                submit = pdu.decode(frame)
-            except pdu.PduError as error:
-                self._send(_nack(error))
-                return
-            if not isinstance(submit, pdu.SubmitSm):  # the header said submit_sm
-                return
-            response = self._smsc._submit(self.system_id, submit)
-            if response is not None:
-                self._send(response)
+        if cid == _SUBMIT_SM:  # bound, but as a receiver
+            responses.append(_submit_resp(seq, pdu.CommandStatus.ESME_RINVBNDSTS))
             return
         if cid == pdu.CommandId.UNBIND:
-            self._send(_header_only(pdu.CommandId.UNBIND_RESP, 0, seq))
+            self._out.append(_header_only(pdu.CommandId.UNBIND_RESP, 0, seq))
             self._flush()
             self._close()
             return
         # query_sm, data_sm, cancel_sm, ... are outside what the channel uses.
-        self._send(_header_only(pdu.CommandId.GENERIC_NACK, pdu.CommandStatus.ESME_RINVCMDID, seq))
+        status = pdu.CommandStatus.ESME_RINVCMDID
+        self._out.append(_header_only(pdu.CommandId.GENERIC_NACK, status, seq))
 
-    def _handle_response(self, header: pdu.Header) -> None:
-        owed = self.owed.pop(header.sequence_number, None)
+    def _handle_response(self, seq: int, status: int) -> None:
+        owed = self.owed.pop(seq, None)
         if owed is None:
             return
-        status = header.command_status
         if owed.waiter is not None:
             if not owed.waiter.done():
                 owed.waiter.set_result(status)
+        elif status == _ESME_ROK:
+            self._smsc.receipts_acknowledged += 1
         elif status in _RETRY_STATUSES:
             self._smsc._schedule(owed, self._smsc.receipt_delay_s)
 
@@ -244,7 +353,7 @@ class _Session(asyncio.Protocol):
         try:
             bind = pdu.decode(frame)
         except pdu.PduError as error:
-            self._send(_nack(error))
+            self._out.append(_nack(error, seq))
             return
         if not isinstance(bind, pdu.BindTransmitter | pdu.BindReceiver | pdu.BindTransceiver):
             return
@@ -258,7 +367,7 @@ class _Session(asyncio.Protocol):
         resp = resp_class(sequence_number=seq, command_status=status)
         if status == pdu.CommandStatus.ESME_ROK:
             resp.system_id = _SMSC_SYSTEM_ID
-        self._send(pdu.encode(resp))
+        self._out.append(pdu.encode(resp))
         if status != pdu.CommandStatus.ESME_ROK:
             return
         self.system_id = bind.system_id
@@ -288,8 +397,9 @@ class _ReceiptTimer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         due = self._due
+        offer = self._smsc._offer
         while due and due[0][0] <= now:
-            self._smsc._offer(due.popleft()[1])
+            offer(due.popleft()[1])
         if due:
             self._handle = loop.call_at(due[0][0], self._fire)
 
@@ -313,7 +423,10 @@ class SmscSimulator:
         receipt_delay_s: float = 0.05,
         slow_receipt_delay_s: float = 5.0,
         max_stored: int = 10_000,
+        response_delay_s: float = 0.0,
     ) -> None:
+        if response_delay_s < 0:
+            raise ValueError("response_delay_s must be >= 0")
         self._host = host
         self._requested_port = port
         self._port = 0
@@ -321,6 +434,7 @@ class SmscSimulator:
         self.password = password
         self.receipt_delay_s = receipt_delay_s
         self.slow_receipt_delay_s = slow_receipt_delay_s
+        self.response_delay_s = response_delay_s
         self._max_stored = max_stored
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
@@ -333,6 +447,9 @@ class SmscSimulator:
         # Receipts with no receiver bound yet, per system_id; sent when one binds.
         self._waiting: dict[str, deque[_Owed]] = {}
         self._timers: dict[float, _ReceiptTimer] = {}
+        self.submitted_count = 0
+        self.receipts_sent = 0
+        self.receipts_acknowledged = 0
 
     @property
     def host(self) -> str:
@@ -416,43 +533,70 @@ class SmscSimulator:
         else:
             deliver.short_message = body
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        session.send_deliver(_Owed(self.system_id, deliver, waiter))
+        frame = pdu.encode(deliver)
+        session.send_deliver(_Owed(self.system_id, frame[_HEADER_SIZE:], None, waiter))
         return await waiter
 
     # -- internals --------------------------------------------------------------------------
 
+    def _submit_frame(
+        self, system_id: str, frame: bytes, seq: int, received_at: float
+    ) -> bytes | None:
+        """The hot path: one submit_sm from a bound transmitter. Raises PduError if malformed."""
+        destination, _esm_class, registered_delivery = _scan_submit(frame)
+        return self._accept(system_id, frame, seq, received_at, destination, registered_delivery)
+
+    def _submit_decoded(
+        self, system_id: str, frame: bytes, seq: int, received_at: float
+    ) -> bytes | None:
+        submit = pdu.decode(frame)
+        if not isinstance(submit, pdu.SubmitSm):  # the header said submit_sm
+            raise pdu.PduError(pdu.CommandStatus.ESME_RINVCMDID, "not a submit_sm", seq)
+        return self._submit(system_id, submit)
+
     def _submit(self, system_id: str, submit: pdu.SubmitSm) -> bytes | None:
-        seq = submit.sequence_number
-        destination = submit.destination_addr
+        """One decoded submit_sm: the slow form of the hot path, kept for tests that wrap it."""
+        frame = pdu.encode(submit)  # decode -> encode is byte for byte
+        return self._accept(
+            system_id,
+            frame,
+            submit.sequence_number,
+            time.time(),
+            submit.destination_addr,
+            submit.registered_delivery,
+        )
+
+    def _accept(
+        self,
+        system_id: str,
+        frame: bytes,
+        seq: int,
+        received_at: float,
+        destination: str,
+        registered_delivery: int,
+    ) -> bytes | None:
         if self._throttle_next > 0:
             self._throttle_next -= 1
             return _submit_resp(seq, pdu.CommandStatus.ESME_RTHROTTLED)
         digits = outcome_digits(destination)
-        if digits == "91":
-            return _submit_resp(seq, pdu.CommandStatus.ESME_RSUBMITFAIL)
-        if digits == "92" and destination not in self._throttled_once:
-            self._throttled_once.add(destination)
-            return _submit_resp(seq, pdu.CommandStatus.ESME_RTHROTTLED)
+        if digits is not None and "90" < digits < "96":  # the scripted outcomes 91..95
+            if digits == "91":
+                return _submit_resp(seq, pdu.CommandStatus.ESME_RSUBMITFAIL)
+            if digits == "92" and destination not in self._throttled_once:
+                self._throttled_once.add(destination)
+                return _submit_resp(seq, pdu.CommandStatus.ESME_RTHROTTLED)
         # Zero-padded on purpose: the ESME must keep provider ids as opaque text.
         message_id = f"{next(self._message_ids):010d}"
-        received = _Received(
-            message_id,
-            system_id,
-            submit.source_addr,
-            destination,
-            submit.data_coding,
-            submit.esm_class,
-            submit.registered_delivery,
-            submit.short_message or submit.tlvs.get(pdu.Tag.MESSAGE_PAYLOAD, b""),
-            time.time(),
-        )
+        self.submitted_count += 1
+        received = _Received(message_id, system_id, frame, destination, received_at)
         self._messages.append(received)
-        if submit.registered_delivery & 1 and digits not in ("93", "94"):
+        if registered_delivery & 1 and digits != "93" and digits != "94":
             delay = self.slow_receipt_delay_s if digits == "95" else self.receipt_delay_s
-            self._schedule(_Owed(system_id, _receipt(submit, received), None), delay)
+            self._schedule(_Owed(system_id, None, received, None), delay)
         if digits == "93":
             return None
-        return pdu.encode(pdu.SubmitSmResp(sequence_number=seq, message_id=message_id))
+        body = message_id.encode("ascii") + b"\0"
+        return _HEADER.pack(_HEADER_SIZE + len(body), _SUBMIT_SM_RESP, 0, seq) + body
 
     def _schedule(self, owed: _Owed, delay_s: float) -> None:
         timer = self._timers.get(delay_s)
@@ -461,6 +605,10 @@ class SmscSimulator:
         timer.add(owed)
 
     def _offer(self, owed: _Owed) -> None:
+        if owed.body is None and owed.receipt_for is not None:
+            # Built when first due, so the done date is when the receipt became due; a receipt
+            # offered again keeps it, as a real SMSC's would.
+            owed.body = _receipt_body(owed.receipt_for)
         session = self._pick_receiver(owed.system_id)
         if session is None:
             self._waiting.setdefault(owed.system_id, deque(maxlen=self._max_stored)).append(owed)
@@ -471,6 +619,8 @@ class SmscSimulator:
         receivers = self._receivers.get(system_id)
         if not receivers:
             return None
+        if len(receivers) == 1:
+            return receivers[0]
         return receivers[next(self._round_robin) % len(receivers)]
 
     def _session_bound(self, session: _Session) -> None:
@@ -496,55 +646,87 @@ class SmscSimulator:
                     )
             elif self._server is not None:
                 # A receipt is owed until answered: offer it again (another bind or the next).
-                item.deliver.sequence_number = 0
                 self._offer(item)
 
 
 def _header_only(command_id: int, status: int, sequence: int) -> bytes:
-    return _HEADER.pack(pdu.HEADER_SIZE, command_id, status, sequence)
+    return _HEADER.pack(_HEADER_SIZE, command_id, status, sequence)
 
 
 def _submit_resp(sequence: int, status: int) -> bytes:
     # SMPP 3.4 section 4.4.2: an error submit_sm_resp carries no body.
-    return _header_only(pdu.CommandId.SUBMIT_SM_RESP, status, sequence)
+    return _header_only(_SUBMIT_SM_RESP, status, sequence)
 
 
-def _nack(error: pdu.PduError) -> bytes:
-    return _header_only(pdu.CommandId.GENERIC_NACK, error.status, error.sequence_number or 0)
+def _nack(error: pdu.PduError, sequence: int) -> bytes:
+    seq = error.sequence_number if error.sequence_number is not None else sequence
+    return _header_only(pdu.CommandId.GENERIC_NACK, error.status, seq)
 
 
-def _receipt(submit: pdu.SubmitSm, received: _Received) -> pdu.DeliverSm:
+@functools.lru_cache(maxsize=1024)
+def _minute(timestamp_minute: int) -> str:
+    """YYMMDDhhmm of a Unix time given in whole minutes (receipts in one minute share it)."""
+    return datetime.fromtimestamp(timestamp_minute * 60, UTC).strftime("%y%m%d%H%M")
+
+
+@functools.lru_cache(maxsize=4096)
+def _receipt_text(data_coding: int, esm_class: int, short_message: bytes) -> bytes:
+    """The `text:` field of a receipt: the first 20 characters, GSM-7, '?' for the rest."""
+    original = _decoded_text(data_coding, esm_class, short_message) or ""
+    safe = "".join(ch if sms_text.is_gsm7(ch) else "?" for ch in original[:_RECEIPT_TEXT_CHARS])
+    return sms_text.encode(safe, "GSM-7")
+
+
+def _receipt_body(received: _Received) -> bytes:
+    """A receipt deliver_sm for `received`, without its header, built from the raw submit_sm.
+
+    The addresses are copied as they arrived (ton, npi and C-string), swapped: the receipt
+    comes from the destination and goes to the source.
+    """
+    frame = received.frame
+    index = frame.index
+    # The frame passed the scan, so every NUL below exists within the codec's limits.
+    source = index(0, _HEADER_SIZE) + 1  # source_addr_ton, source_addr_npi, source_addr
+    destination = index(0, source + 2) + 1  # dest_addr_ton, dest_addr_npi, destination_addr
+    esm = index(0, destination + 2) + 1  # esm_class, protocol_id, priority_flag
+    pos = index(0, index(0, esm + 3) + 1) + 1  # past both dates: registered_delivery
+    esm_class = frame[esm]
+    data_coding = frame[pos + 2]
+    short_message = frame[pos + 5 : pos + 5 + frame[pos + 4]]
+    if not short_message and pos + 5 < len(frame):
+        submit = pdu.decode(frame)
+        short_message = getattr(submit, "tlvs", {}).get(pdu.Tag.MESSAGE_PAYLOAD, b"")
     delivered = outcome_digits(received.destination) != "90"
     stat, err, dlvrd = ("DELIVRD", "000", "001") if delivered else ("UNDELIV", "001", "000")
-    original = _decoded_text(received.data_coding, received.esm_class, received.short_message)
-    submitted = datetime.fromtimestamp(received.received_at, UTC).strftime("%y%m%d%H%M")
-    # The done date is when the receipt is built: close enough for a simulator, and a receipt
-    # offered again keeps the date of its first attempt, as a real SMSC's would.
-    done = datetime.now(UTC).strftime("%y%m%d%H%M")
-    body = (
-        f"id:{received.message_id} sub:001 dlvrd:{dlvrd} submit date:{submitted} "
-        f"done date:{done} stat:{stat} err:{err} text:{(original or '')[:20]}"
+    # Everything but the text is digits, letters, ':' and ' ', the same octets in GSM-7 and
+    # ASCII, so only the text needs the GSM-7 encoder.
+    head = (
+        f"id:{received.message_id} sub:001 dlvrd:{dlvrd} "
+        f"submit date:{_minute(int(received.received_at // 60))} "
+        f"done date:{_minute(int(time.time() // 60))} stat:{stat} err:{err} text:"
     )
-    # Receipts travel as GSM-7 (data_coding 0); characters it lacks become '?'.
-    safe = "".join(ch if sms_text.is_gsm7(ch) else "?" for ch in body)
-    deliver = pdu.DeliverSm(
-        source_addr_ton=submit.dest_addr_ton,
-        source_addr_npi=submit.dest_addr_npi,
-        source_addr=submit.destination_addr,
-        dest_addr_ton=submit.source_addr_ton,
-        dest_addr_npi=submit.source_addr_npi,
-        destination_addr=submit.source_addr,
-        esm_class=0x04,
-        data_coding=0,
-        short_message=sms_text.encode(safe, "GSM-7")[:_MAX_SHORT_MESSAGE],
+    text = (head.encode("ascii") + _receipt_text(data_coding, esm_class, short_message))[
+        :_MAX_SHORT_MESSAGE
+    ]
+    message_id = received.message_id.encode("ascii") + b"\0"
+    state = _MESSAGE_STATE_DELIVERED if delivered else _MESSAGE_STATE_UNDELIVERABLE
+    return b"".join(
+        (
+            b"\0",  # service_type
+            frame[destination:esm],  # becomes source_addr_ton, _npi, source_addr
+            frame[source:destination],  # becomes dest_addr_ton, _npi, destination_addr
+            # esm_class 0x04 (SMSC delivery receipt), protocol_id, priority_flag, both dates
+            # empty, registered_delivery, replace_if_present_flag, data_coding 0 (GSM-7),
+            # sm_default_msg_id
+            b"\x04\x00\x00\x00\x00\x00\x00\x00\x00",
+            bytes((len(text),)),
+            text,
+            _TLV_HEAD.pack(pdu.Tag.RECEIPTED_MESSAGE_ID, len(message_id)),
+            message_id,
+            _TLV_HEAD.pack(pdu.Tag.MESSAGE_STATE, 1),
+            bytes((state,)),
+        )
     )
-    pdu.set_cstring_tlv(deliver.tlvs, pdu.Tag.RECEIPTED_MESSAGE_ID, received.message_id)
-    pdu.set_int_tlv(
-        deliver.tlvs,
-        pdu.Tag.MESSAGE_STATE,
-        _MESSAGE_STATE_DELIVERED if delivered else _MESSAGE_STATE_UNDELIVERABLE,
-    )
-    return deliver
 
 
 def _split_udh(esm_class: int, short_message: bytes) -> tuple[bytes | None, bytes]:
@@ -578,16 +760,20 @@ def _decoded_text(data_coding: int, esm_class: int, short_message: bytes) -> str
 
 
 def _describe(received: _Received) -> dict[str, Any]:
-    udh, _ = _split_udh(received.esm_class, received.short_message)
+    submit = pdu.decode(received.frame)
+    if not isinstance(submit, pdu.SubmitSm):  # stored frames are all scanned submit_sm
+        raise TypeError("a stored frame is not a submit_sm")
+    short_message = submit.short_message or submit.tlvs.get(pdu.Tag.MESSAGE_PAYLOAD, b"")
+    udh, _ = _split_udh(submit.esm_class, short_message)
     return {
         "message_id": received.message_id,
         "system_id": received.system_id,
-        "source": received.source,
+        "source": submit.source_addr,
         "destination": received.destination,
-        "data_coding": received.data_coding,
-        "esm_class": received.esm_class,
-        "registered_delivery": received.registered_delivery,
-        "text": _decoded_text(received.data_coding, received.esm_class, received.short_message),
+        "data_coding": submit.data_coding,
+        "esm_class": submit.esm_class,
+        "registered_delivery": submit.registered_delivery,
+        "text": _decoded_text(submit.data_coding, submit.esm_class, short_message),
         "udh": None if udh is None else _parse_udh(udh),
         "received_at": datetime.fromtimestamp(received.received_at, UTC).isoformat(),
     }
