@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,16 +21,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from amnex.accounts import service as accounts
 from amnex.api.app import create_app
+from amnex.carriers import service as carriers
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.models import Base
 from amnex.dispatch.worker import Dispatcher
+from amnex.privacy.crypto import SecretBox, generate_key
 from amnex.runtime import Runtime
 from amnex.simulators.smtp_sink import SmtpSink
+from amnex.worker_process import WorkerParts, build_dispatcher
 
 T = TypeVar("T")
 
@@ -53,6 +59,7 @@ async def make_account(
     default_email: str | None = "news@shop.example",
     rate_limit_per_s: int | None = None,
     name: str = "Shop Example",
+    sms_number: str | None = None,
 ) -> AccountHandle:
     """An active account with a key holding every scope and the given verified senders."""
     async with db.unit_of_work() as session:
@@ -78,11 +85,19 @@ async def make_account(
             session,
             account_id=account.id,
             channel="sms",
-            address="+13125550199",
+            address=sms_number or next_sms_number(),
             is_default=True,
             actor="test",
         )
     return AccountHandle(account.id, key)
+
+
+_SMS_NUMBERS = itertools.count(random.randrange(1000, 9000))
+
+
+def next_sms_number() -> str:
+    """A valid US number no other test account owns (a number belongs to one account)."""
+    return f"+1312555{next(_SMS_NUMBERS) % 10_000:04d}"
 
 
 async def make_operator(db: Database, name: str = "Op Example") -> str:
@@ -150,6 +165,55 @@ async def serve_api(
             await serve_task
             await rt.close(dispose_db=False)
             sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_system(settings: Settings, db: Database) -> AsyncIterator[ApiServer]:
+    """The API and a whole worker (channels, receipts, sweeps, dispatcher) in this process."""
+    parts = await WorkerParts.start(settings, db)
+
+    def dispatcher(database: Database) -> Dispatcher:
+        return build_dispatcher(settings, database, parts.channels, poll_interval_s=0.05)
+
+    try:
+        async with serve_api(settings, db, dispatcher_factory=dispatcher) as api:
+            yield api
+    finally:
+        await parts.close()
+
+
+def with_master_key(settings: Settings, **more: Any) -> Settings:
+    """Settings that can store connector passwords (a fresh master key)."""
+    return settings.model_copy(update={"master_key": SecretStr(generate_key()), **more})
+
+
+async def add_smpp_route(
+    db: Database,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    system_id: str = "amnex",
+    password: str = "secret",  # noqa: S107 - the simulator's documented credential
+    name: str = "test-smsc",
+    prefix: str = "",
+    **config: Any,
+) -> str:
+    """A connector to an SMSC and a route sending SMS to it; returns the connector id."""
+    box = SecretBox.from_settings(settings)
+    async with db.unit_of_work() as session:
+        connector = await carriers.create_connector(
+            session,
+            box,
+            name=name,
+            config={"host": host, "port": port, "system_id": system_id, **config},
+            password=password,
+            actor="test",
+        )
+        await carriers.create_route(
+            session, channel="sms", connector_ids=[connector.id], prefix=prefix, actor="test"
+        )
+    return connector.id
 
 
 async def eventually(

@@ -1,13 +1,17 @@
-"""Entry points: the `amnex` command (dev, serve, worker, db, accounts, keys, operators)."""
+"""Entry points: the `amnex` command (dev, serve, worker, db, accounts, keys, senders, operators,
+connectors, routes, crypto, simulate)."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import logging
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -16,17 +20,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amnex.config import Settings, load_settings
 from amnex.errors import AmnexError
 
+if TYPE_CHECKING:
+    from amnex.carriers.models import Connector
+    from amnex.privacy.crypto import SecretBox
+    from amnex.simulators.smsc import SmscSimulator
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Amnex A2P messaging platform.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 accounts_app = typer.Typer(no_args_is_help=True, help="Client accounts.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of an account.")
 senders_app = typer.Typer(no_args_is_help=True, help="Verified senders of an account.")
 operators_app = typer.Typer(no_args_is_help=True, help="Named operators with admin tokens.")
+connectors_app = typer.Typer(no_args_is_help=True, help="Carrier connections (SMPP accounts).")
+routes_app = typer.Typer(no_args_is_help=True, help="Which connectors carry which messages.")
+crypto_app = typer.Typer(no_args_is_help=True, help="The master key that seals carrier passwords.")
+simulate_app = typer.Typer(no_args_is_help=True, help="Local carrier simulators, for testing.")
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(senders_app, name="senders")
 app.add_typer(operators_app, name="operators")
+app.add_typer(connectors_app, name="connectors")
+app.add_typer(routes_app, name="routes")
+app.add_typer(crypto_app, name="crypto")
+app.add_typer(simulate_app, name="simulate")
 
 ConfigOption = Annotated[
     Path | None,
@@ -355,6 +372,358 @@ def senders_remove(
 
     _with_db(_settings(config), work)
     print(f"removed {sender}")
+
+
+# Connectors and routes. Changes here reach running API and worker processes within
+# `route_cache_ttl_s`: they reload the table themselves.
+
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(help="The SMPP password (visible to other users in the process list)."),
+]
+PasswordStdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the SMPP password from standard input.")
+]
+BindTypeOption = Annotated[
+    str | None, typer.Option(help="transceiver (default), transmitter or receiver.")
+]
+BindsOption = Annotated[int | None, typer.Option(help="Connections to open (1-32).")]
+WindowOption = Annotated[int | None, typer.Option(help="Unanswered submit_sm per bind.")]
+ThroughputOption = Annotated[
+    float | None, typer.Option(help="Messages per second across the binds; 0 = no cap.")
+]
+SplitOption = Annotated[str | None, typer.Option(help="Long messages: udh (default) or sar.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Any other SMPP setting, e.g. response_timeout_s=5 (repeatable; null unsets).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Every field, as JSON.")]
+
+
+def _secret_box(settings: Settings) -> SecretBox:
+    from amnex.privacy.crypto import CryptoError, SecretBox
+
+    try:
+        return SecretBox.from_settings(settings)
+    except CryptoError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def _password(password: str | None, password_stdin: bool) -> str | None:
+    if password is not None and password_stdin:
+        raise typer.BadParameter("give --password or --password-stdin, not both")
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return password
+
+
+def _smpp_settings(pairs: list[str] | None, **options: Any) -> dict[str, Any]:
+    """The settings given on the command line: `--set` pairs, then the named options.
+
+    Values stay text; the connector's settings model converts and checks them.
+    """
+    settings: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        settings[key.strip()] = None if value == "null" else value
+    settings.update({k: v for k, v in options.items() if v is not None})
+    return settings
+
+
+def _connector_line(connector: Connector) -> str:
+    config = connector.config
+    throughput = config.get("throughput_per_s") or "unlimited"
+    return (
+        f"{connector.id}  {connector.name!r}  {config['host']}:{config['port']}  "
+        f"system_id={config['system_id']}  {config['bind_type']} x{config['binds']}  "
+        f"window={config['window']}  per_s={throughput}  "
+        f"tls={'on' if config.get('tls') else 'off'}  "
+        f"password={'set' if connector.secret is not None else 'none'}  "
+        f"{'enabled' if connector.enabled else 'DISABLED'}"
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=lambda v: v.isoformat()))
+
+
+@connectors_app.command("add")
+def connectors_add(
+    name: Annotated[str, typer.Option(help="A unique name, e.g. the carrier's.")],
+    host: Annotated[str, typer.Option(help="The SMSC's host name or address.")],
+    port: Annotated[int, typer.Option(help="The SMSC's SMPP port.")],
+    system_id: Annotated[str, typer.Option(help="The system_id Amnex binds as.")],
+    password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
+    bind_type: BindTypeOption = None,
+    binds: BindsOption = None,
+    window: WindowOption = None,
+    throughput_per_s: ThroughputOption = None,
+    split: SplitOption = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS.")] = False,
+    set_: SetOption = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="Store it, but route nothing to it yet.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add an SMPP connector; its password is sealed with the master key."""
+    from amnex.carriers import service
+
+    settings = _settings(config)
+    box = _secret_box(settings)
+    secret = _password(password, password_stdin) or ""
+    smpp = _smpp_settings(
+        set_,
+        host=host,
+        port=port,
+        system_id=system_id,
+        bind_type=bind_type,
+        binds=binds,
+        window=window,
+        throughput_per_s=throughput_per_s,
+        split=split,
+        tls=tls or None,
+    )
+
+    async def work(session: AsyncSession) -> str:
+        connector = await service.create_connector(
+            session,
+            box,
+            name=name,
+            config=smpp,
+            password=secret,
+            enabled=not disabled,
+            actor=_actor(),
+        )
+        return f"connector_id: {connector.id}\n{_connector_line(connector)}"
+
+    print(_with_db(settings, work))
+
+
+@connectors_app.command("list")
+def connectors_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List connectors (never their passwords: only whether one is set)."""
+    from amnex.carriers import service
+
+    async def work(session: AsyncSession) -> list[Connector]:
+        return await service.list_connectors(session)
+
+    connectors = _with_db(_settings(config), work)
+    if as_json:
+        _print_json([service.connector_out(c) for c in connectors])
+        return
+    for connector in connectors:
+        print(_connector_line(connector))
+
+
+ConnectorArgument = Annotated[str, typer.Argument(help="Connector id (con_...).")]
+
+
+@connectors_app.command("update")
+def connectors_update(
+    connector_id: ConnectorArgument,
+    host: Annotated[str | None, typer.Option(help="The SMSC's host name or address.")] = None,
+    port: Annotated[int | None, typer.Option(help="The SMSC's SMPP port.")] = None,
+    system_id: Annotated[str | None, typer.Option(help="The system_id Amnex binds as.")] = None,
+    password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
+    bind_type: BindTypeOption = None,
+    binds: BindsOption = None,
+    window: WindowOption = None,
+    throughput_per_s: ThroughputOption = None,
+    split: SplitOption = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="Connect with TLS.")] = None,
+    set_: SetOption = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enable/--disable", help="Route messages to it, or stop.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Change some settings, the password (an empty one removes it) or whether it is used."""
+    from amnex.carriers import service
+
+    settings = _settings(config)
+    box = _secret_box(settings)
+    secret = _password(password, password_stdin)
+    smpp = _smpp_settings(
+        set_,
+        host=host,
+        port=port,
+        system_id=system_id,
+        bind_type=bind_type,
+        binds=binds,
+        window=window,
+        throughput_per_s=throughput_per_s,
+        split=split,
+        tls=tls,
+    )
+
+    async def work(session: AsyncSession) -> str:
+        connector = await service.update_connector(
+            session,
+            box,
+            connector_id,
+            config=smpp or None,
+            password=secret,
+            enabled=enabled,
+            actor=_actor(),
+        )
+        return _connector_line(connector)
+
+    print(_with_db(settings, work))
+
+
+@connectors_app.command("remove")
+def connectors_remove(connector_id: ConnectorArgument, config: ConfigOption = None) -> None:
+    """Remove a connector (refused while a route sends to it)."""
+    from amnex.carriers import service
+
+    async def work(session: AsyncSession) -> None:
+        await service.delete_connector(session, connector_id, actor=_actor())
+
+    _with_db(_settings(config), work)
+    print(f"removed {connector_id}")
+
+
+@routes_app.command("add")
+def routes_add(
+    connector: Annotated[
+        list[str],
+        typer.Option(
+            "--connector", help="Connector id; repeat for failover, tried in the order given."
+        ),
+    ],
+    channel: Annotated[str, typer.Option(help="The channel routed (today: sms).")] = "sms",
+    account: Annotated[
+        str | None, typer.Option("--account", help="Only this account's messages (acc_...).")
+    ] = None,
+    country: Annotated[
+        str | None, typer.Option(help="Only numbers of this country (ISO 3166 alpha-2).")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Only numbers starting with these digits.")] = "",
+    priority: Annotated[int, typer.Option(help="Breaks ties between routes; higher wins.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Send matching messages to these connectors (the most specific route wins)."""
+    from amnex.carriers import service
+
+    async def work(session: AsyncSession) -> str:
+        route = await service.create_route(
+            session,
+            channel=channel,
+            connector_ids=connector,
+            account_id=account,
+            country=country,
+            prefix=prefix,
+            priority=priority,
+            actor=_actor(),
+        )
+        return f"route_id: {route.id}"
+
+    print(_with_db(_settings(config), work))
+
+
+@routes_app.command("list")
+def routes_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List routes, each with its connectors in failover order."""
+    from amnex.carriers import service
+
+    async def work(session: AsyncSession) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        names = {c.id: c.name for c in await service.list_connectors(session)}
+        return [service.route_out(r) for r in await service.list_routes(session)], names
+
+    routes, names = _with_db(_settings(config), work)
+    if as_json:
+        _print_json(routes)
+        return
+    for route in routes:
+        connectors = ", ".join(f"{cid} ({names.get(cid, '?')})" for cid in route["connector_ids"])
+        print(
+            f"{route['id']}  {route['channel']}  account={route['account_id'] or '*'}  "
+            f"country={route['country'] or '*'}  prefix={route['prefix'] or '*'}  "
+            f"priority={route['priority']}  -> {connectors}"
+        )
+
+
+@routes_app.command("remove")
+def routes_remove(
+    route_id: Annotated[str, typer.Argument(help="Route id (rte_...).")],
+    config: ConfigOption = None,
+) -> None:
+    """Remove a route."""
+    from amnex.carriers import service
+
+    async def work(session: AsyncSession) -> None:
+        await service.delete_route(session, route_id, actor=_actor())
+
+    _with_db(_settings(config), work)
+    print(f"removed {route_id}")
+
+
+@crypto_app.command("generate-key")
+def crypto_generate_key() -> None:
+    """Print a new master key (set it as AMNEX_MASTER_KEY, or in AMNEX_MASTER_KEY_FILE)."""
+    from amnex.privacy.crypto import generate_key
+
+    print(generate_key())
+
+
+@simulate_app.command("smsc")
+def simulate_smsc(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one, printed).")] = 2775,
+    system_id: Annotated[str, typer.Option(help="The system_id it accepts.")] = "amnex",
+    # The documented simulator credential (as in `amnex dev`), not a secret.
+    password: Annotated[str, typer.Option(help="The password it accepts.")] = "secret",  # noqa: S107
+    receipt_delay_ms: Annotated[
+        int, typer.Option(min=0, help="Delay before a delivery receipt.")
+    ] = 50,
+    response_delay_ms: Annotated[
+        int, typer.Option(min=0, help="Delay before each submit_sm_resp (a slow SMSC).")
+    ] = 0,
+) -> None:
+    """Run the SMSC simulator until Ctrl-C or SIGTERM (test a connector against it).
+
+    Destinations ending 90 to 95 fail in set ways (docs/deployment.md); others are delivered.
+    """
+    from amnex.simulators.smsc import SmscSimulator
+
+    _logging("WARNING")
+    smsc = SmscSimulator(
+        host,
+        port,
+        system_id=system_id,
+        password=password,
+        receipt_delay_s=receipt_delay_ms / 1000,
+        response_delay_s=response_delay_ms / 1000,
+    )
+    asyncio.run(_run_until_stopped(smsc))
+
+
+async def _run_until_stopped(smsc: SmscSimulator) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await smsc.start()
+        print(
+            f"host: {smsc.host}\nport: {smsc.port}\nsystem_id: {smsc.system_id}\n"
+            f"password: {smsc.password}\n(SMSC simulator running; Ctrl-C to stop)",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await smsc.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def main() -> None:

@@ -72,6 +72,42 @@ class Settings(BaseSettings):
     max_retry_age_s: float = 86_400.0
     shutdown_grace_s: float = 20.0
 
+    # SMS: receipts, inbound messages, routing
+    receipt_wait_s: float = Field(
+        172_800.0,
+        gt=0,
+        description="How long a `sent` SMS without a validity period waits for its receipt "
+        "before it becomes `undelivered` with `receipt_timeout` (plus `receipt_grace_s`).",
+    )
+    receipt_grace_s: float = Field(
+        600.0, ge=0, description="Added to the validity period before `receipt_timeout`."
+    )
+    unmatched_receipt_ttl_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="A receipt whose message id matches nothing is kept this long, then dropped "
+        "(logged and counted).",
+    )
+    inbound_part_ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Parts of a multi-part inbound SMS wait this long for the rest; then what "
+        "arrived is stored as the message, marked incomplete.",
+    )
+    route_cache_ttl_s: float = Field(
+        2.0, gt=0, description="How often API and worker processes reload routes and connectors."
+    )
+
+    # Secrets at rest
+    master_key: SecretStr | None = Field(
+        None,
+        description="32 random bytes, base64: encrypts carrier passwords at rest. "
+        "Generate with `amnex crypto generate-key`.",
+    )
+    master_key_file: Path | None = Field(
+        None, description="A file holding the master key (base64), instead of `master_key`."
+    )
+
     # Email channel (SMTP relay or the recipient's server)
     smtp_host: str | None = None
     smtp_port: int = 25

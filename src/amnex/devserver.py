@@ -1,8 +1,11 @@
 """Wiring: `amnex dev` — API, worker and simulators in one process on SQLite.
 
 Runs migrations, bootstraps the demo account (idempotent: credentials in `dev.json` are
-reused while they are valid), starts the SMTP sink, the API and a dispatcher that the accept
-writer wakes in-process, and writes `<data-dir>/dev.json`.
+reused while they are valid), starts the SMTP sink and the SMSC simulator, points the
+`dev-smsc` connector and a platform-wide SMS route at the simulator, starts the API and a
+worker (dispatcher, receipts, sweeps) that the accept writer wakes in-process, and writes
+`<data-dir>/dev.json`. Connector passwords are sealed with `<data-dir>/master.key`, created
+on first run, unless a master key is configured.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from sqlalchemy import select
 from amnex.accounts import service as accounts
 from amnex.accounts.models import Account, ApiKey, Operator
 from amnex.api.app import create_app
-from amnex.channels.smtp import SmtpChannel
+from amnex.carriers import service as carriers
+from amnex.carriers.models import Connector
 from amnex.config import Settings, load_settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
+from amnex.privacy.crypto import SecretBox, ensure_key_file
 from amnex.runtime import Runtime, tune_gc_for_serving
+from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
-from amnex.worker_process import build_dispatcher, housekeeping
+from amnex.worker_process import WorkerParts, build_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ DEMO_EMAIL_SENDER = "notifications@demo.amnex.test"
 DEMO_SMS_SENDER = "+15005550006"
 DEMO_RATE_LIMIT_PER_S = 100_000
 DEV_ACTOR = "dev:bootstrap"
+DEV_CONNECTOR = "dev-smsc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +133,53 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def curl_example(api_url: str, api_key: str) -> str:
+def curl_example(api_url: str, api_key: str, channel: str = "email") -> str:
+    body = (
+        '{"channel": "sms", "to": "+14155550100", "body": "Your code is 123456"}'
+        if channel == "sms"
+        else '{"channel": "email", "to": "someone@example.com", '
+        '"subject": "Hello", "body": "Sent through Amnex"}'
+    )
     return (
         f"curl -s {api_url}/v1/messages \\\n"
         f"  -H 'Authorization: Bearer {api_key}' \\\n"
         "  -H 'Content-Type: application/json' \\\n"
-        '  -d \'{"channel": "email", "to": "someone@example.com", '
-        '"subject": "Hello", "body": "Sent through Amnex"}\''
+        f"  -d '{body}'"
     )
 
 
-async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "info") -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
-    sink = SmtpSink(host="127.0.0.1", port=0)
-    await sink.start()
-    settings: Settings = load_settings(
+async def bootstrap_smsc_route(db: Database, box: SecretBox, sim: SmscSimulator) -> None:
+    """Point the `dev-smsc` connector at this run's simulator; route all SMS to it."""
+    async with db.unit_of_work() as session:
+        connector = await session.scalar(select(Connector).where(Connector.name == DEV_CONNECTOR))
+        config = {"host": sim.host, "port": sim.port, "system_id": sim.system_id, "binds": 1}
+        if connector is None:
+            connector = await carriers.create_connector(
+                session,
+                box,
+                name=DEV_CONNECTOR,
+                config=config,
+                password=sim.password,
+                actor=DEV_ACTOR,
+            )
+        else:
+            connector = await carriers.update_connector(
+                session, box, connector.id, config=config, password=sim.password, actor=DEV_ACTOR
+            )
+        routes = await carriers.list_routes(session)
+        if not any(connector.id in route.connector_ids for route in routes):
+            await carriers.create_route(
+                session, channel="sms", connector_ids=[connector.id], actor=DEV_ACTOR
+            )
+
+
+def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
+    overrides: dict[str, Any] = {}
+    if not os.environ.get("AMNEX_MASTER_KEY") and not os.environ.get("AMNEX_MASTER_KEY_FILE"):
+        key_file = data_dir / "master.key"
+        ensure_key_file(key_file)
+        overrides["master_key_file"] = key_file
+    return load_settings(
         dev_mode=True,
         database_url=os.environ.get(
             "AMNEX_DATABASE_URL", f"sqlite+aiosqlite:///{(data_dir / 'amnex.db').resolve()}"
@@ -150,19 +189,35 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
         smtp_tls="none",
         retry_base_s=1.0,
         retry_max_s=30.0,
+        # A dev SMS without a validity period that never gets a receipt (numbers ending 94)
+        # shows `receipt_timeout` after about a minute, not after two days.
+        receipt_wait_s=60.0,
+        receipt_grace_s=5.0,
+        route_cache_ttl_s=1.0,
+        **overrides,
     )
+
+
+async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "info") -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
+    sink = SmtpSink(host="127.0.0.1", port=0)
+    await sink.start()
+    smsc = SmscSimulator(host="127.0.0.1", port=0)
+    await smsc.start()
+    settings = dev_settings(data_dir, sink)
     db = Database(settings)
     await upgrade_database(db)
     dev_json = data_dir / "dev.json"
     creds = await bootstrap_demo(db, _read_previous(dev_json))
+    await bootstrap_smsc_route(db, SecretBox.from_settings(settings), smsc)
 
-    channel = SmtpChannel(settings)
-    await channel.start()
+    worker = await WorkerParts.start(settings, db)
     dispatcher = build_dispatcher(
-        settings, db, {"email": channel}, poll_interval_s=settings.poll_interval_s
+        settings, db, worker.channels, poll_interval_s=settings.poll_interval_s
     )
     rt = Runtime.build(settings, db=db, on_commit=dispatcher.wake)
     rt.simulators["smtp"] = sink
+    rt.simulators["smsc"] = smsc
     app = create_app(rt, manage_lifecycle=False)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -184,6 +239,12 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
                 "api_key": creds.api_key,
                 "account_id": creds.account_id,
                 "admin_token": creds.admin_token,
+                "smsc": {
+                    "host": smsc.host,
+                    "port": smsc.port,
+                    "system_id": smsc.system_id,
+                    "password": smsc.password,
+                },
                 "smtp": {"host": sink.host, "port": sink.port},
             },
             indent=2,
@@ -193,22 +254,23 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
     await rt.start()
     tune_gc_for_serving()
     dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
-    chores = asyncio.create_task(housekeeping(db), name="housekeeping")
     print(  # noqa: T201 - the dev command talks to the person who ran it
         f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
-        f"Credentials: {dev_json}\n\nSend an email:\n\n{curl_example(api_url, creds.api_key)}\n\n"
-        f"Sink contents: curl -s {api_url}/_dev/smtp/messages\n",
+        f"Credentials: {dev_json}\n\n"
+        f"Send an SMS:\n\n{curl_example(api_url, creds.api_key, 'sms')}\n\n"
+        f"Send an email:\n\n{curl_example(api_url, creds.api_key, 'email')}\n\n"
+        f"What the simulators received: curl -s {api_url}/_dev/smsc/messages  "
+        f"(and /_dev/smtp/messages)\n",
         flush=True,
     )
     try:
         await server.serve()
     finally:
         dispatcher.stop()
-        chores.cancel()
         with contextlib.suppress(BaseException):
             await dispatch_task
-            await chores
         await rt.close(dispose_db=False)
-        await channel.close()
+        await worker.close()
+        await smsc.stop()
         await sink.stop()
         await db.dispose()

@@ -18,7 +18,8 @@
     │   └── InvalidTransition       invalid_status_transition 409
     ├── RateLimited                 rate_limited      429  (carries retry_after_s)
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
-        └── DatabaseUnavailable     database_unavailable 503
+        ├── DatabaseUnavailable     database_unavailable 503
+        └── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
 
 Delivery errors raised by channels are a separate family (`channels.base`): they never reach
 an HTTP client, they decide retries.
@@ -151,6 +152,11 @@ class ServiceUnavailable(AmnexError):
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     title = "The database is briefly unavailable"
+
+
+class MasterKeyMissing(ServiceUnavailable):
+    code = "master_key_missing"
+    title = "No master key is configured, so secrets cannot be stored"
 
 
 def all_error_classes() -> list[type[AmnexError]]:

@@ -25,3 +25,18 @@ API_REQUEST_DURATION = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+RECEIPTS = Counter(
+    "amnex_receipts_total",
+    "Delivery receipts by outcome (applied, duplicate, intermediate, pending, matched_later, "
+    "expired, unreadable, late)",
+    ["outcome"],
+)
+INBOUND_MESSAGES = Counter(
+    "amnex_inbound_messages_total",
+    "Inbound messages and parts by outcome (stored, part, duplicate_part, incomplete, "
+    "unknown_destination, undecodable)",
+    ["outcome"],
+)
+RECEIPT_TIMEOUTS = Counter(
+    "amnex_receipt_timeouts_total", "Sent messages that never had a receipt (receipt_timeout)"
+)

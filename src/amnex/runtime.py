@@ -13,9 +13,11 @@ from typing import Any
 
 from amnex.api.auth import Authenticator
 from amnex.api.ratelimit import RateLimiter
+from amnex.carriers.routing import RouteCache
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.accept import AcceptWriter
+from amnex.privacy.crypto import SecretBox
 
 
 def tune_gc_for_serving() -> None:
@@ -32,8 +34,8 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-def routable_channels(settings: Settings) -> frozenset[str]:
-    """Channels with a configured carrier connection; others are refused with `no_route`."""
+def static_channels(settings: Settings) -> frozenset[str]:
+    """Channels routed by settings rather than by the route table (email: the SMTP relay)."""
     channels = set()
     if settings.smtp_host:
         channels.add("email")
@@ -47,7 +49,8 @@ class Runtime:
     auth: Authenticator
     limiter: RateLimiter
     writer: AcceptWriter
-    routable_channels: frozenset[str]
+    routes: RouteCache
+    secret_box: SecretBox
     # In `amnex dev` only: the simulators, inspectable under /_dev/.
     simulators: dict[str, Any] = field(default_factory=dict)
 
@@ -72,13 +75,18 @@ class Runtime:
                 db_retry_s=settings.accept_db_retry_s,
                 on_commit=on_commit,
             ),
-            routable_channels=routable_channels(settings),
+            routes=RouteCache(
+                db, static_channels=static_channels(settings), ttl_s=settings.route_cache_ttl_s
+            ),
+            secret_box=SecretBox.from_settings(settings),
         )
 
     async def start(self) -> None:
         await self.writer.start()
+        await self.routes.start()
 
     async def close(self, *, dispose_db: bool = True) -> None:
+        await self.routes.close()
         await self.writer.close()
         await self.auth.close()
         await self.limiter.close()

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass, field
 
+from amnex.carriers.routing import RouteCache
 from amnex.channels.base import Channel
 from amnex.channels.registry import build_channels
 from amnex.clock import utc_now
@@ -16,6 +18,9 @@ from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
 from amnex.messages.idempotency import purge_expired_idempotency_keys
+from amnex.receipts.sweeper import sweep_forever
+from amnex.receipts.writer import DeliveryWriter
+from amnex.runtime import static_channels
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,50 @@ def build_dispatcher(
         lease_s=settings.lease_s,
         poll_interval_s=poll_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        receipt_wait_s=settings.receipt_wait_s,
+        receipt_grace_s=settings.receipt_grace_s,
     )
+
+
+@dataclass
+class WorkerParts:
+    """Everything a worker runs besides the dispatcher loop; `amnex dev` runs the same."""
+
+    routes: RouteCache
+    deliveries: DeliveryWriter
+    channels: dict[str, Channel]
+    chores: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings, db: Database) -> WorkerParts:
+        routes = RouteCache(
+            db, static_channels=static_channels(settings), ttl_s=settings.route_cache_ttl_s
+        )
+        await routes.start()
+        deliveries = DeliveryWriter(db)
+        deliveries.start()
+        channels = build_channels(settings, db, routes=routes, deliveries=deliveries)
+        for channel in channels.values():
+            await channel.start()
+        parts = cls(routes, deliveries, channels)
+        parts.chores = [
+            asyncio.create_task(housekeeping(db), name="housekeeping"),
+            asyncio.create_task(sweep_forever(db, settings), name="receipt-sweep"),
+        ]
+        return parts
+
+    async def close(self) -> None:
+        for chore in self.chores:
+            chore.cancel()
+        for chore in self.chores:
+            with contextlib.suppress(asyncio.CancelledError):
+                await chore
+        # Channels first: unbinding lets the sessions answer what they still hold.
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await self.deliveries.close()
+        await self.routes.close()
 
 
 async def run_worker(settings: Settings) -> None:
@@ -61,31 +109,23 @@ async def run_worker(settings: Settings) -> None:
     if not await schema_is_current(db):
         await db.dispose()
         raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
-    channels = build_channels(settings)
-    for channel in channels.values():
-        await channel.start()
+    parts = await WorkerParts.start(settings, db)
     listener: PgListener | None = None
     # With LISTEN/NOTIFY new messages wake the worker at once; the timer only finds scheduled
     # and retried messages whose time has come.
     poll_s = settings.poll_interval_s if db.is_sqlite else max(settings.poll_interval_s, 0.5)
-    dispatcher = build_dispatcher(settings, db, channels, poll_interval_s=poll_s)
+    dispatcher = build_dispatcher(settings, db, parts.channels, poll_interval_s=poll_s)
     if not db.is_sqlite:
         listener = PgListener(settings.database_url, dispatcher.wake)
         await listener.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, dispatcher.stop)
-    log.info("worker %s running; channels: %s", dispatcher.owner, ", ".join(channels) or "none")
-    chores = asyncio.create_task(housekeeping(db), name="housekeeping")
+    log.info("worker %s running; channels: %s", dispatcher.owner, ", ".join(parts.channels))
     try:
         await dispatcher.run()
     finally:
-        chores.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await chores
         if listener is not None:
             await listener.close()
-        for channel in channels.values():
-            with contextlib.suppress(Exception):
-                await channel.close()
+        await parts.close()
         await db.dispose()

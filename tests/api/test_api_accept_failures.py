@@ -16,12 +16,15 @@ from api_checks import EMAIL, assert_problem, stored_counts
 from sqlalchemy.engine import make_url
 
 from amnex.accounts.service import hash_secret, load_key_context
+from amnex.carriers.routing import RouteTable
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import PreparedMessage, prepare_message
 from support import AccountHandle, serve_api
+
+EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 
 # Statements give up on a held lock after 0.1 s, so the accept writer's own retries (and its
 # deadline, `accept_db_retry_s`) decide the outcome rather than SQLite's busy wait.
@@ -127,7 +130,7 @@ async def prepared(db: Database, account: AccountHandle) -> PreparedMessage:
         ctx = await load_key_context(session, hash_secret(account.api_key))
     assert ctx is not None
     request = SendMessageRequest.model_validate(EMAIL)
-    return prepare_message(ctx, request, now=utc_now(), routable_channels=frozenset({"email"}))
+    return prepare_message(ctx, request, now=utc_now(), routes=EMAIL_ONLY)
 
 
 async def test_row_the_database_refuses_fails_only_its_own_request(

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from amnex.accounts.service import KeyContext
+from amnex.carriers.routing import RouteTable
 from amnex.channels.base import (
     OutboundMessage,
     PermanentDeliveryError,
@@ -32,6 +33,8 @@ from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import prepare_message
 from amnex.worker_process import build_dispatcher
 from support import AccountHandle, eventually
+
+EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 
 Outcome = SubmitResult | Exception
 
@@ -79,9 +82,7 @@ async def accept(db: Database, account: AccountHandle, to: str, **fields: Any) -
     request = SendMessageRequest.model_validate(
         {"channel": "email", "to": to, "subject": "Hi", "body": "Hello", **fields}
     )
-    prepared = prepare_message(
-        key_context(account), request, now=utc_now(), routable_channels=frozenset({"email"})
-    )
+    prepared = prepare_message(key_context(account), request, now=utc_now(), routes=EMAIL_ONLY)
     writer = AcceptWriter(db, writers=1, batch_max=10, db_retry_s=1)
     await writer.start()
     try:

@@ -102,3 +102,61 @@ async def test_dev_delivers_an_email_and_keeps_its_credentials_across_restarts(
             assert again["admin_token"] == config["admin_token"]
             listed = await client.get("/v1/messages", headers=headers)
             assert {m["id"] for m in listed.json()["data"]} >= {message_id}
+            # The connector follows the simulator to its new port: SMS still goes out
+            sms = await client.post(
+                "/v1/messages",
+                headers=headers,
+                json={"channel": "sms", "to": "+14155550100", "body": "After a restart"},
+            )
+            assert sms.status_code == 201, sms.text
+            await eventually(
+                lambda: client.get(f"/v1/messages/{sms.json()['id']}", headers=headers),
+                lambda r: r.json()["status"] == "delivered",
+            )
+
+
+@pytest.mark.slow
+async def test_dev_delivers_an_sms_through_the_simulator_and_takes_replies(
+    tmp_path: Path,
+) -> None:
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    data_dir = tmp_path / "amnex-dev"
+    base = f"http://127.0.0.1:{port}"
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        with amnex_dev(data_dir, port):
+            await eventually(lambda: ready(client), bool, timeout_s=60, interval_s=0.2)
+            config = json.loads((data_dir / "dev.json").read_text())
+            assert set(config["smsc"]) == {"host", "port", "system_id", "password"}
+            assert oct((data_dir / "master.key").stat().st_mode & 0o777) == "0o600"
+            headers = {"Authorization": f"Bearer {config['api_key']}"}
+
+            # The README's first SMS: the demo account's default number, no `from`
+            created = await client.post(
+                "/v1/messages",
+                headers=headers,
+                json={"channel": "sms", "to": "+14155550100", "body": "Your code is 123456"},
+            )
+            assert created.status_code == 201, created.text
+            assert (created.json()["segments"], created.json()["encoding"]) == (1, "GSM-7")
+
+            async def status() -> Any:
+                url = f"/v1/messages/{created.json()['id']}"
+                return (await client.get(url, headers=headers)).json()
+
+            message = await eventually(status, lambda m: m["status"] == "delivered")
+            assert message["from"] == "+15005550006"
+            seen = (await client.get("/_dev/smsc/messages")).json()["data"]
+            assert [m["text"] for m in seen] == ["Your code is 123456"]
+
+            # A reply injected at the simulator is stored before the call returns
+            mo = await client.post(
+                "/_dev/smsc/mo",
+                json={"from": "+14155550100", "to": message["from"], "text": "Thanks!"},
+            )
+            assert mo.json() == {"stored": True, "command_status": "ESME_ROK"}
+            inbound = await client.get(
+                "/v1/messages", params={"direction": "inbound"}, headers=headers
+            )
+            assert [m["body"] for m in inbound.json()["data"]] == ["Thanks!"]

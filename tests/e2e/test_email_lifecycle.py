@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from amnex.config import Settings
 from amnex.db.engine import Database
-from amnex.dispatch.worker import Dispatcher
 from amnex.simulators.smtp_sink import SmtpSink
-from amnex.worker_process import build_dispatcher
-from support import AccountHandle, serve_api, wait_for_status
+from support import AccountHandle, serve_api, serve_system, wait_for_status
 
 
 async def test_email_is_accepted_delivered_and_its_events_are_in_order(
     settings: Settings, db: Database, sink: SmtpSink, account: AccountHandle
 ) -> None:
-    from amnex.channels.registry import build_channels
-
-    channels = build_channels(settings)
-    for channel in channels.values():
-        await channel.start()
-
-    def dispatcher(database: Database) -> Dispatcher:
-        return build_dispatcher(settings, database, channels, poll_interval_s=0.05)
-
-    async with serve_api(settings, db, dispatcher_factory=dispatcher) as api:
+    async with serve_system(settings, db) as api:
         # Given an account with a default email sender
         # When it sends an email through the HTTP API
         response = await api.client.post(
@@ -72,9 +61,6 @@ async def test_email_is_accepted_delivered_and_its_events_are_in_order(
     assert ready.status_code == 200
     assert ready.json()["checks"]["database"] == "ok"
     assert health.json() == {"status": "ok"}
-
-    for channel in channels.values():
-        await channel.close()
 
 
 async def test_readyz_reports_a_database_that_is_away(settings: Settings, db: Database) -> None:

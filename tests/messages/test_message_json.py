@@ -6,9 +6,12 @@ import json
 from datetime import timedelta
 
 from amnex.accounts.service import KeyContext
+from amnex.carriers.routing import RouteTable
 from amnex.clock import utc_now
 from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import message_json, message_out, prepare_message
+
+EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 
 CTX = KeyContext(
     key_id="key_x",
@@ -37,7 +40,7 @@ def test_message_json_is_the_message_object_as_the_model_serialises_it() -> None
             "metadata": {"order": "A-1", "n": 2, "ok": True, "x": None, "f": 1.5},
         }
     )
-    prepared = prepare_message(CTX, request, now=utc_now(), routable_channels=frozenset({"email"}))
+    prepared = prepare_message(CTX, request, now=utc_now(), routes=EMAIL_ONLY)
     fast = message_json(prepared.row)
     model = message_out(prepared.row).model_dump_json(by_alias=True).encode()
     assert fast == model

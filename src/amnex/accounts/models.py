@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base
@@ -47,7 +47,18 @@ class Sender(Base):
     """An address an account may send from: an email address, a whole `@domain`, a number."""
 
     __tablename__ = "senders"
-    __table_args__ = (UniqueConstraint("account_id", "channel", "address"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "channel", "address"),
+        # A number or short code belongs to one account: inbound messages to it go there.
+        Index(
+            "uq_senders_number",
+            "channel",
+            "address",
+            unique=True,
+            sqlite_where=text("channel != 'email'"),
+            postgresql_where=text("channel != 'email'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))

@@ -216,6 +216,13 @@ async def add_sender(
     )
     if existing is not None:
         raise Conflict(f"{normalised} is already a {channel} sender of this account")
+    if channel != "email":
+        owner = await session.scalar(
+            select(Sender.account_id).where(Sender.channel == channel, Sender.address == normalised)
+        )
+        if owner is not None:
+            # Inbound messages to a number go to the one account that owns it.
+            raise Conflict(f"{normalised} belongs to another account")
     if is_default:
         await session.execute(
             update(Sender)

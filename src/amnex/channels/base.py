@@ -66,6 +66,7 @@ class OutboundMessage:
     created_at: datetime
     attempt: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,12 @@ class SubmitResult:
     status: Literal["sent", "delivered"]
     provider_message_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # SMS: the connector that took it, the provider id of every part (in order), and how the
+    # text was encoded on that connector.
+    connector_id: str | None = None
+    parts: tuple[str, ...] = ()
+    segments: int | None = None
+    encoding: str | None = None
 
 
 class Channel(Protocol):

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from amnex.accounts import models as accounts_models
+from amnex.carriers import models as carriers_models
 from amnex.db.base import Base
 from amnex.messages import models as messages_models
 from amnex.privacy import audit
+from amnex.receipts import models as receipts_models
 
-__all__ = ["Base", "accounts_models", "audit", "messages_models"]
+__all__ = [
+    "Base",
+    "accounts_models",
+    "audit",
+    "carriers_models",
+    "messages_models",
+    "receipts_models",
+]

@@ -14,7 +14,7 @@ cannot overwrite the newer attempt. Every recording is safe to run twice.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from amnex.channels.base import OutboundMessage
 from amnex.messages.models import Message
 from amnex.messages.service import transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status
+from amnex.receipts.apply import apply_pending_for_parts, receipt_deadline, record_parts
 
 # record_submitted / record_failed / record_retry, called with the session and keywords.
 Recorder = Callable[..., Awaitable[bool]]
@@ -96,6 +97,7 @@ async def claim_due_messages(
                     created_at=message.created_at,
                     attempt=message.attempts,
                     metadata=dict(message.meta or {}),
+                    expires_at=message.expires_at,
                 ),
                 expires_at=message.expires_at,
             )
@@ -152,8 +154,20 @@ async def record_submitted(
     provider_message_id: str | None,
     detail: dict[str, Any],
     now: datetime,
+    connector_id: str | None = None,
+    parts: Sequence[str] = (),
+    segments: int | None = None,
+    encoding: str | None = None,
+    receipt_wait_s: float | None = None,
+    receipt_grace_s: float = 0.0,
 ) -> bool:
-    """The carrier accepted the message (`sent`, or `delivered` when acceptance is final)."""
+    """The carrier accepted the message (`sent`, or `delivered` when acceptance is final).
+
+    With `parts` (SMS), each part is recorded to wait for its receipt, receipts that
+    arrived before this moment are applied, and the message waits for its receipts until
+    its validity period (or `receipt_wait_s`) plus `receipt_grace_s`: `next_attempt_at`
+    holds that deadline for the receipt-timeout sweep.
+    """
     message = await _leased(session, message_id, owner)
     if message is None:
         return False
@@ -170,10 +184,25 @@ async def record_submitted(
     message.error_code = None
     message.error_message = None
     message.provider_error_code = None
+    if segments is not None:
+        message.segments = segments
+    if encoding is not None:
+        message.encoding = encoding
+    message.next_attempt_at = None
     if status is Status.DELIVERED:
         message.delivered_at = now
-    message.next_attempt_at = None
+    elif receipt_wait_s is not None:
+        message.next_attempt_at = receipt_deadline(
+            sent_at=now,
+            expires_at=message.expires_at,
+            wait_s=receipt_wait_s,
+            grace_s=receipt_grace_s,
+        )
     _release_lease(message)
+    if parts and connector_id is not None:
+        record_parts(session, message, connector_id=connector_id, provider_ids=parts, now=now)
+        await session.flush()
+        await apply_pending_for_parts(session, parts, now=now)
     return True
 
 

@@ -31,6 +31,7 @@ from amnex.clock import utc_now
 from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.dispatch import claim
+from amnex.dispatch.outcomes import OutcomeWriter
 from amnex.dispatch.retry import RetryPolicy, decide_retry
 from amnex.messages.status import Status
 from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED
@@ -56,6 +57,8 @@ class Dispatcher:
         poll_interval_s: float,
         shutdown_grace_s: float,
         owner: str | None = None,
+        receipt_wait_s: float = 172_800.0,
+        receipt_grace_s: float = 600.0,
     ) -> None:
         self._db = db
         self._channels = channels
@@ -66,6 +69,9 @@ class Dispatcher:
         self._poll_interval_s = poll_interval_s
         self._shutdown_grace_s = shutdown_grace_s
         self.owner = owner or worker_name()
+        self._receipt_wait_s = receipt_wait_s
+        self._receipt_grace_s = receipt_grace_s
+        self._outcomes = OutcomeWriter(db, owner=self.owner)
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -85,6 +91,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         log.info("dispatcher %s started", self.owner)
+        self._outcomes.start()
         heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
         try:
             while not self._stopping.is_set():
@@ -97,6 +104,7 @@ class Dispatcher:
                 await self._sleep()
         finally:
             await self._drain()
+            await self._outcomes.close()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -192,6 +200,12 @@ class Dispatcher:
             status=Status(result.status),
             provider_message_id=result.provider_message_id,
             detail=result.detail,
+            connector_id=result.connector_id,
+            parts=result.parts,
+            segments=result.segments,
+            encoding=result.encoding,
+            receipt_wait_s=self._receipt_wait_s if result.status == "sent" else None,
+            receipt_grace_s=self._receipt_grace_s,
         )
         DISPATCH_OUTCOMES.labels(channel=message.channel, outcome=result.status).inc()
         if result.status == "delivered":
@@ -240,19 +254,8 @@ class Dispatcher:
         DISPATCH_OUTCOMES.labels(channel=message.channel, outcome="failed").inc()
 
     async def _record(self, recorder: claim.Recorder, **kwargs: object) -> None:
-        """Write an outcome; keep trying while the database is away (the lease protects us)."""
-        delay_s = 0.1
-        while True:
-            try:
-                async with self._db.unit_of_work() as session:
-                    await recorder(session, owner=self.owner, now=utc_now(), **kwargs)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recording an outcome failed; retrying")
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
+        """Write an outcome in the next group commit; waits until it is durable."""
+        await self._outcomes.record(recorder, **kwargs)
 
     async def _drain(self) -> None:
         if not self._inflight:

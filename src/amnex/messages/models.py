@@ -58,6 +58,31 @@ class Message(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(80))
     lease_until: Mapped[datetime | None]
     event_seq: Mapped[int] = mapped_column(default=0)
+    # SMS: the characters smart encoding replaced and those that forced UCS-2.
+    encoding_report: Mapped[dict[str, Any] | None]
+
+
+class MessagePart(Base):
+    """One submitted part of a message (an SMS segment), and what its receipt said.
+
+    `id_key` is the provider id normalised for matching (`receipts.dlr.canonical_id`); a
+    receipt looks its part up by `receipts.dlr.receipt_id_key` of its own id.
+    """
+
+    __tablename__ = "message_parts"
+    __table_args__ = (Index(None, "id_key"),)
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    part: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    connector_id: Mapped[str] = mapped_column(String(40))
+    provider_message_id: Mapped[str] = mapped_column(String(120))
+    id_key: Mapped[str] = mapped_column(String(120))
+    status: Mapped[str] = mapped_column(String(12))
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    provider_error_code: Mapped[str | None] = mapped_column(String(40))
+    updated_at: Mapped[datetime]
 
 
 class MessageEvent(Base):

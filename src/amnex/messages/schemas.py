@@ -110,6 +110,10 @@ class MessageOut(BaseModel):
     provider_error_code: str | None
     segments: int | None
     encoding: str | None
+    encoding_report: dict[str, list[str]] | None = Field(
+        None,
+        description="SMS: characters smart encoding replaced, and those that forced UCS-2.",
+    )
     price: Decimal | None
     subject: str | None
     body: str | None

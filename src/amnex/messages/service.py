@@ -21,6 +21,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.service import KeyContext
+from amnex.carriers.routing import RouteTable
+from amnex.channels.smpp.text import EncodedText, prepare_text, smart_replace
 from amnex.compliance.addresses import normalise_email_address, normalise_phone_number
 from amnex.db.ids import looks_like_id, new_id
 from amnex.errors import (
@@ -40,6 +42,7 @@ SEND_AT_MAX_AHEAD = timedelta(days=35)
 # A send_at slightly in the past (clock skew, a slow client) means "now", not an error.
 SEND_AT_SKEW = timedelta(seconds=60)
 FROM_MAX_LENGTH = 400  # the width of messages.from_addr
+SMS_MAX_CHARACTERS = 1600
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ def prepare_message(
     request: SendMessageRequest,
     *,
     now: datetime,
-    routable_channels: frozenset[str],
+    routes: RouteTable,
 ) -> PreparedMessage:
     """Validate a send request against the account and build its row. Raises AmnexError."""
     channel = request.channel
@@ -128,12 +131,24 @@ def prepare_message(
             raise ValidationFailed("body or html: email needs at least one", field="body")
     elif not request.body:
         raise ValidationFailed(f"body: required for {channel}", field="body")
+    body = request.body
+    sms: EncodedText | None = None
+    if channel == "sms" and body is not None:
+        if len(body) > SMS_MAX_CHARACTERS:
+            raise ValidationFailed(
+                f"body: at most {SMS_MAX_CHARACTERS} characters for SMS", field="body"
+            )
+        sms = prepare_text(body, smart_encoding=bool(ctx.account_settings.get("smart_encoding")))
+        if sms.replaced:
+            body = smart_replace(body)[0]
     # Before the sender: an account has no senders on a channel nothing can deliver, and
     # "no default sender" would hide the real reason.
-    if channel not in routable_channels:
-        raise NoRoute(
-            f"channel: no carrier connection is configured for {channel}", field="channel"
-        )
+    if not routes.has_route(channel, ctx.account_id, to):
+        if channel in ("email", "sms") and channel not in routes.static_channels:
+            detail = f"to: no route for {channel} to this destination"
+        else:
+            detail = f"channel: no carrier connection is configured for {channel}"
+        raise NoRoute(detail, field="to" if detail.startswith("to") else "channel")
     from_addr = resolve_sender(ctx, channel, request.from_)
 
     send_at = request.send_at
@@ -164,7 +179,7 @@ def prepare_message(
         "category": request.category,
         "status": status.value,
         "subject": request.subject,
-        "body": request.body,
+        "body": body,
         "html": request.html,
         "send_at": send_at,
         "expires_at": expires_at,
@@ -176,6 +191,14 @@ def prepare_message(
         "attempts": 0,
         "event_seq": 1,
     }
+    if sms is not None:
+        row["segments"] = sms.segments
+        row["encoding"] = sms.encoding
+        if sms.replaced or sms.forced_ucs2_by:
+            row["encoding_report"] = {
+                "replaced": list(sms.replaced),
+                "ucs2_characters": list(sms.forced_ucs2_by),
+            }
     event: dict[str, Any] = {
         "message_id": message_id,
         "account_id": ctx.account_id,
@@ -203,6 +226,7 @@ _OUT_FIELDS = {
     "provider_error_code": "provider_error_code",
     "segments": "segments",
     "encoding": "encoding",
+    "encoding_report": "encoding_report",
     "price": "price",
     "subject": "subject",
     "body": "body",
@@ -262,6 +286,8 @@ class MessageFilter:
     status: str | None = None
     channel: str | None = None
     to: str | None = None
+    from_: str | None = None
+    direction: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -296,6 +322,10 @@ async def list_messages(
         query = query.where(Message.channel == filters.channel)
     if filters.to:
         query = query.where(Message.to_addr == normalise_address_filter(filters.to))
+    if filters.from_:
+        query = query.where(Message.from_addr == normalise_address_filter(filters.from_))
+    if filters.direction:
+        query = query.where(Message.direction == filters.direction)
     if filters.created_after:
         query = query.where(Message.created_at >= filters.created_after)
     if filters.created_before:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
@@ -93,7 +93,7 @@ async def send_message(request: Request) -> Response:
         if record is not None:
             return await _replay(request, ctx, record, request_hash)
     try:
-        prepared = prepare_message(ctx, body, now=now, routable_channels=rt.routable_channels)
+        prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current)
     except AmnexError as exc:
         MESSAGES_REJECTED.labels(code=exc.code).inc()
         raise
@@ -159,6 +159,8 @@ async def list_messages_route(
     status: Annotated[Status | None, Query()] = None,
     channel: Annotated[Channel | None, Query()] = None,
     to: Annotated[str | None, Query(max_length=320)] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=400)] = None,
+    direction: Annotated[Literal["outbound", "inbound"] | None, Query()] = None,
     created_after: Annotated[datetime | None, Query()] = None,
     created_before: Annotated[datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -171,6 +173,8 @@ async def list_messages_route(
         status=status.value if status else None,
         channel=channel,
         to=to,
+        from_=from_,
+        direction=direction,
         created_after=created_after,
         created_before=created_before,
     )

@@ -1,0 +1,1 @@
+"""Carriers: configured carrier connections (connectors), the routes to them, and routing."""

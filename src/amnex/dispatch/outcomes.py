@@ -1,0 +1,147 @@
+"""Dispatch: recording send outcomes in groups — one transaction for many messages.
+
+Design note. A send's outcome (`record_submitted`, `record_failed`, `record_retry`) used to
+be one transaction each; at thousands of messages per second the commits, not the work,
+were the limit (on SQLite every commit is an fsync). Outcomes are now queued and a single
+loop writes everything queued so far in one transaction (group commit); each caller awaits
+its own outcome's commit, so nothing is acknowledged before it is durable.
+
+Failure. If the database is away the whole group is retried with backoff (the leases keep
+the messages ours meanwhile). If one outcome's recorder raises anything else, the group is
+rolled back and its outcomes are recorded one by one, so one bad outcome cannot hold the
+others back; that one is retried a few times and then logged and given up (its lease will
+expire and another attempt will be made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from amnex.clock import utc_now
+from amnex.db.engine import Database, is_transient_db_error
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[..., Awaitable[bool]]
+GROUP_MAX = 500
+MAX_SOLO_ATTEMPTS = 5
+
+
+@dataclass(slots=True)
+class _Outcome:
+    recorder: Recorder
+    kwargs: dict[str, Any]
+    done: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class OutcomeWriter:
+    def __init__(self, db: Database, *, owner: str) -> None:
+        self._db = db
+        self._owner = owner
+        self._queue: asyncio.Queue[_Outcome | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outcome-writer")
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (for up to `timeout_s`), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def record(self, recorder: Recorder, **kwargs: Any) -> bool:
+        """Queue an outcome and wait until it is committed; True if it applied.
+
+        Shielded: a send task canceled at shutdown still has its outcome written.
+        """
+        outcome = _Outcome(recorder, kwargs)
+        self._queue.put_nowait(outcome)
+        return await asyncio.shield(outcome.done)
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            group: list[_Outcome] = []
+            first = await self._queue.get()
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while len(group) < GROUP_MAX and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                else:
+                    group.append(item)
+            if group:
+                await self._write_group(group)
+
+    async def _write_group(self, group: list[_Outcome]) -> None:
+        delay_s = 0.1
+        while True:
+            try:
+                results = await self._apply(group)
+            except DBAPIError as exc:
+                if not is_transient_db_error(exc):
+                    break
+                log.warning("recording %d outcomes failed (%s); retrying", len(group), exc.orig)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+                continue
+            except Exception:
+                break
+            for outcome, applied in zip(group, results, strict=True):
+                if not outcome.done.done():
+                    outcome.done.set_result(applied)
+            return
+        # Something in the group is not a database outage: record each on its own.
+        for outcome in group:
+            await self._write_solo(outcome)
+
+    async def _apply(self, group: list[_Outcome]) -> list[bool]:
+        async with self._db.unit_of_work() as session:
+            now = utc_now()
+            return [
+                await outcome.recorder(session, owner=self._owner, now=now, **outcome.kwargs)
+                for outcome in group
+            ]
+
+    async def _write_solo(self, outcome: _Outcome) -> None:
+        delay_s = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                (applied,) = await self._apply([outcome])
+            except Exception as exc:
+                transient = isinstance(exc, DBAPIError) and is_transient_db_error(exc)
+                if transient or attempt < MAX_SOLO_ATTEMPTS:
+                    log.warning("recording an outcome failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 5.0)
+                    continue
+                log.exception("giving up recording an outcome; its lease will expire")
+                if not outcome.done.done():
+                    outcome.done.set_result(False)
+                return
+            if not outcome.done.done():
+                outcome.done.set_result(applied)
+            return

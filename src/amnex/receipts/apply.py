@@ -1,0 +1,603 @@
+"""Receipts: applying delivery receipts and storing inbound messages (idempotent, batched).
+
+Design note. The connector's `on_deliver` hands every receipt and inbound message to
+`receipts.writer`, which applies a batch of them in ONE transaction and only then lets the
+session answer `deliver_sm_resp`: what the SMSC has been told we have, we have.
+
+A receipt finds its part through `dlr.receipt_id_key` (leading zeros and case aside, and
+in the id format the connector declares).
+A part that is already final is not changed again (a duplicate receipt is counted and
+ignored). A message becomes `delivered` only when every one of its parts is; the first part
+that fails decides the message's failure, and no later success overwrites it. A receipt
+that matches no part yet is stored in `pending_receipts` — it may have overtaken its
+submit_sm_resp — and applied when the part is recorded (`apply_pending_for_parts`) or by the
+sweeper (`match_pending_receipts`); it is dropped only after `unmatched_receipt_ttl_s`.
+
+Inbound messages go to the account that owns the destination number. Parts of a
+multi-part message are kept in `inbound_parts` until the last one arrives; then the whole
+text is stored as one inbound message and the parts are deleted, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amnex.accounts.models import Sender
+from amnex.db.ids import new_id
+from amnex.messages.models import Message, MessageEvent, MessagePart
+from amnex.messages.service import transition
+from amnex.messages.status import Status
+from amnex.metrics import INBOUND_MESSAGES, MESSAGES_DELIVERED, RECEIPT_TIMEOUTS, RECEIPTS
+from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
+from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
+from amnex.receipts.models import InboundPart, PendingReceipt
+
+log = logging.getLogger(__name__)
+
+PART_FINAL = frozenset({"delivered", "undelivered", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedReceipt:
+    connector_id: str
+    receipt: Receipt
+    # The canonical submit id this receipt stands for (`dlr.receipt_id_key`).
+    key: str
+
+    @classmethod
+    def of(
+        cls, connector_id: str, receipt: Receipt, id_format: ReceiptIdFormat = "as_is"
+    ) -> ReceivedReceipt:
+        return cls(connector_id, receipt, receipt_id_key(receipt.provider_message_id, id_format))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInbound:
+    connector_id: str
+    fragment: InboundFragment
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure rule: what a message's parts say about the message
+
+
+def message_outcome(parts: Sequence[MessagePart]) -> tuple[Status, MessagePart | None] | None:
+    """The final status the parts decide, with the part that decided a failure; None while
+    some part is still waiting for its receipt and none has failed.
+
+    The earliest failed part decides (by when it failed, then by part number), so a
+    failure is never hidden by another part's later success.
+    """
+    failed = [p for p in parts if p.status in ("undelivered", "failed")]
+    if failed:
+        first = min(failed, key=lambda p: (p.updated_at, p.part))
+        return Status(first.status), first
+    if parts and all(p.status == "delivered" for p in parts):
+        return Status.DELIVERED, None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Receipts
+
+
+def _best_part(candidates: Iterable[MessagePart], item: ReceivedReceipt) -> MessagePart | None:
+    """Among parts whose key matches, prefer the same connector, then the exact id."""
+    raw = item.receipt.provider_message_id
+    ranked = sorted(
+        candidates,
+        key=lambda p: (p.connector_id != item.connector_id, p.provider_message_id != raw),
+    )
+    return ranked[0] if ranked else None
+
+
+async def _apply_matched(
+    session: AsyncSession,
+    matches: list[tuple[ReceivedReceipt, MessagePart]],
+    *,
+    now: datetime,
+) -> tuple[int, int, int]:
+    """Apply receipts to their parts and settle the messages. Returns
+    (applied, duplicates, intermediate)."""
+    if not matches:
+        return 0, 0, 0
+    message_ids = sorted({part.message_id for _, part in matches})
+    # Lock the messages first, in id order, so that two workers settling parts of the same
+    # message (receipts may come on different binds) take turns instead of deadlocking.
+    messages = {
+        m.id: m
+        for m in await session.scalars(
+            select(Message)
+            .where(Message.id.in_(message_ids))
+            .order_by(Message.id)
+            .with_for_update()
+        )
+    }
+    all_parts: dict[str, list[MessagePart]] = {}
+    for part in await session.scalars(
+        select(MessagePart).where(MessagePart.message_id.in_(message_ids))
+    ):
+        all_parts.setdefault(part.message_id, []).append(part)
+    applied = duplicates = intermediate = 0
+    touched: dict[str, dict[str, Any]] = {}
+    for item, part in matches:
+        receipt = item.receipt
+        if part.status in PART_FINAL:
+            duplicates += 1
+            continue
+        if receipt.status is None:
+            intermediate += 1
+            continue
+        part.status = receipt.status
+        part.error_code = receipt.error_code
+        part.provider_error_code = receipt.raw_error
+        part.updated_at = now
+        applied += 1
+        touched.setdefault(part.message_id, {"part": part.part, "state": receipt.state})
+    for message_id, detail in touched.items():
+        message = messages.get(message_id)
+        if message is None:
+            continue
+        _settle(session, message, all_parts.get(message_id, []), now=now, detail=detail)
+    return applied, duplicates, intermediate
+
+
+def _settle(
+    session: AsyncSession,
+    message: Message,
+    parts: list[MessagePart],
+    *,
+    now: datetime,
+    detail: dict[str, Any],
+) -> None:
+    if message.status != Status.SENT:
+        # Already final (an earlier part failed, or receipt_timeout came first): the part
+        # rows keep what the carrier said; the message does not change again.
+        if message.status in (Status.UNDELIVERED, Status.FAILED, Status.DELIVERED):
+            RECEIPTS.labels(outcome="late").inc()
+        return
+    outcome = message_outcome(parts)
+    if outcome is None:
+        return
+    status, failed_part = outcome
+    if failed_part is None:
+        transition(session, message, status, at=now, detail={"parts": len(parts), **detail})
+        message.delivered_at = now
+        MESSAGES_DELIVERED.labels(channel=message.channel).inc()
+    else:
+        code = failed_part.error_code or "undeliverable"
+        transition(
+            session,
+            message,
+            status,
+            at=now,
+            error_code=code,
+            detail={
+                "part": failed_part.part,
+                "parts": len(parts),
+                "provider_error_code": failed_part.provider_error_code,
+            },
+        )
+        message.error_code = code
+        message.error_message = (
+            f"the carrier reported part {failed_part.part} of {len(parts)} {failed_part.status}"
+            if len(parts) > 1
+            else f"the carrier reported the message {failed_part.status}"
+        )
+        message.provider_error_code = failed_part.provider_error_code
+        message.failed_at = now
+    message.next_attempt_at = None
+
+
+async def _find_parts(
+    session: AsyncSession, items: Sequence[ReceivedReceipt]
+) -> list[MessagePart | None]:
+    keys = sorted({item.key for item in items})
+    by_key: dict[str, list[MessagePart]] = {}
+    if keys:
+        for part in await session.scalars(select(MessagePart).where(MessagePart.id_key.in_(keys))):
+            by_key.setdefault(part.id_key, []).append(part)
+    return [_best_part(by_key.get(item.key, ()), item) for item in items]
+
+
+async def apply_receipts(
+    session: AsyncSession, items: Sequence[ReceivedReceipt], *, now: datetime
+) -> None:
+    """Apply receipts; keep those that match no part yet in `pending_receipts`."""
+    parts = await _find_parts(session, items)
+    matches = [(item, part) for item, part in zip(items, parts, strict=True) if part is not None]
+    applied, duplicates, intermediate = await _apply_matched(session, matches, now=now)
+    pending = [item for item, part in zip(items, parts, strict=True) if part is None]
+    for item in pending:
+        receipt = item.receipt
+        session.add(
+            PendingReceipt(
+                connector_id=item.connector_id,
+                provider_message_id=receipt.provider_message_id[:120],
+                id_key=item.key[:120],
+                state=receipt.state[:16],
+                status=receipt.status,
+                error_code=receipt.error_code,
+                raw_error=(receipt.raw_error or None) and receipt.raw_error[:40],
+                done_at=receipt.done_date,
+                received_at=now,
+            )
+        )
+    _count(applied=applied, duplicate=duplicates, intermediate=intermediate, pending=len(pending))
+
+
+def _count(**outcomes: int) -> None:
+    for outcome, n in outcomes.items():
+        if n:
+            RECEIPTS.labels(outcome=outcome).inc(n)
+
+
+def _as_received(row: PendingReceipt) -> ReceivedReceipt:
+    return ReceivedReceipt(
+        connector_id=row.connector_id,
+        key=row.id_key,
+        receipt=Receipt(
+            provider_message_id=row.provider_message_id,
+            state=row.state,
+            status=row.status,  # type: ignore[arg-type]  # stored from a Receipt
+            error_code=row.error_code,
+            raw_error=row.raw_error,
+            done_date=row.done_at,
+        ),
+    )
+
+
+async def _apply_pending_rows(
+    session: AsyncSession, rows: Sequence[PendingReceipt], *, now: datetime
+) -> int:
+    if not rows:
+        return 0
+    items = [_as_received(row) for row in rows]
+    parts = await _find_parts(session, items)
+    matched_rows = [row for row, part in zip(rows, parts, strict=True) if part is not None]
+    matches = [(item, part) for item, part in zip(items, parts, strict=True) if part is not None]
+    # Oldest first: an ENROUTE stored before a DELIVRD must not be applied after it.
+    await _apply_matched(session, matches, now=now)
+    if matched_rows:
+        await session.execute(
+            delete(PendingReceipt).where(PendingReceipt.id.in_([r.id for r in matched_rows]))
+        )
+        _count(matched_later=len(matched_rows))
+    return len(matched_rows)
+
+
+async def apply_pending_for_parts(
+    session: AsyncSession, provider_ids: Iterable[str], *, now: datetime
+) -> int:
+    """Receipts that arrived before these provider ids were recorded: apply them now."""
+    keys = {canonical_id(pid)[:120] for pid in provider_ids}
+    if not keys:
+        return 0
+    rows = list(
+        await session.scalars(
+            select(PendingReceipt)
+            .where(PendingReceipt.id_key.in_(sorted(keys)))
+            .order_by(PendingReceipt.id)
+        )
+    )
+    return await _apply_pending_rows(session, rows, now=now)
+
+
+async def match_pending_receipts(
+    session: AsyncSession, *, now: datetime, ttl_s: float, limit: int = 500, after_id: int = 0
+) -> tuple[int, int, int]:
+    """The sweeper's pass over stored receipts with ids above `after_id`: match those whose
+    parts now exist, drop the expired. Returns (matched, expired, last id seen — 0 when the
+    end was reached, so the next pass starts again from the beginning)."""
+    rows = list(
+        await session.scalars(
+            select(PendingReceipt)
+            .where(PendingReceipt.id > after_id)
+            .order_by(PendingReceipt.id)
+            .limit(limit)
+        )
+    )
+    matched = await _apply_pending_rows(session, rows, now=now)
+    cutoff = now - timedelta(seconds=ttl_s)
+    expired = list(
+        await session.scalars(
+            select(PendingReceipt.id).where(PendingReceipt.received_at < cutoff).limit(limit)
+        )
+    )
+    if expired:
+        await session.execute(delete(PendingReceipt).where(PendingReceipt.id.in_(expired)))
+        log.warning("dropped %d receipts that matched no message for %.0f s", len(expired), ttl_s)
+        _count(expired=len(expired))
+    last_id = rows[-1].id if len(rows) == limit else 0
+    return matched, len(expired), last_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitted parts and receipt deadlines
+
+
+def record_parts(
+    session: AsyncSession,
+    message: Message,
+    *,
+    connector_id: str,
+    provider_ids: Sequence[str],
+    now: datetime,
+) -> None:
+    """The parts a carrier accepted for `message`, waiting for their receipts."""
+    for number, provider_id in enumerate(provider_ids, start=1):
+        session.add(
+            MessagePart(
+                message_id=message.id,
+                part=number,
+                connector_id=connector_id,
+                provider_message_id=provider_id[:120],
+                id_key=canonical_id(provider_id)[:120],
+                status="sent",
+                updated_at=now,
+            )
+        )
+
+
+def receipt_deadline(
+    *, sent_at: datetime, expires_at: datetime | None, wait_s: float, grace_s: float
+) -> datetime:
+    """When a `sent` message without a receipt becomes `undelivered` (`receipt_timeout`)."""
+    base = expires_at if expires_at is not None and expires_at > sent_at else None
+    return (base or sent_at + timedelta(seconds=wait_s)) + timedelta(seconds=grace_s)
+
+
+async def expire_receipt_waits(session: AsyncSession, *, now: datetime, limit: int = 500) -> int:
+    """Sent messages whose receipt deadline passed become `undelivered` (`receipt_timeout`)."""
+    messages = list(
+        await session.scalars(
+            select(Message)
+            .where(Message.status == Status.SENT.value, Message.next_attempt_at <= now)
+            .order_by(Message.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for message in messages:
+        transition(
+            session,
+            message,
+            Status.UNDELIVERED,
+            at=now,
+            error_code="receipt_timeout",
+            detail={"sent_at": message.sent_at.isoformat() if message.sent_at else None},
+        )
+        message.error_code = "receipt_timeout"
+        message.error_message = "no delivery receipt arrived within the validity period and grace"
+        message.failed_at = now
+        message.next_attempt_at = None
+    if messages:
+        RECEIPT_TIMEOUTS.inc(len(messages))
+    return len(messages)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound messages
+
+
+async def owners_of_numbers(session: AsyncSession, numbers: Iterable[str]) -> dict[str, str]:
+    """Number → account id, for the numbers some account owns (SMS senders)."""
+    wanted = sorted(set(numbers))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Sender.address, Sender.account_id).where(
+            Sender.channel == "sms", Sender.address.in_(wanted)
+        )
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def _inbound_message(
+    session: AsyncSession,
+    *,
+    account_id: str,
+    source: str,
+    destination: str,
+    payload: bytes,
+    data_coding: int,
+    segments: int,
+    connector_id: str,
+    now: datetime,
+    incomplete: bool = False,
+) -> Message:
+    decoded = decode_payload(payload, data_coding)
+    meta: dict[str, Any] = {}
+    if not decoded.lossless:
+        meta["data_coding"] = data_coding
+        meta["body_format"] = "hex" if decoded.encoding == "binary" else "text_with_replacements"
+        INBOUND_MESSAGES.labels(outcome="undecodable").inc()
+    if incomplete:
+        meta["incomplete"] = True
+    message = Message(
+        id=new_id("msg"),
+        account_id=account_id,
+        channel="sms",
+        direction="inbound",
+        from_addr=source,
+        to_addr=destination,
+        category="transactional",
+        status=Status.DELIVERED.value,
+        body=decoded.text,
+        segments=segments,
+        encoding=decoded.encoding,
+        provider_detail={"connector_id": connector_id},
+        meta=meta or None,
+        created_at=now,
+        updated_at=now,
+        delivered_at=now,
+        attempts=0,
+        event_seq=1,
+    )
+    session.add(message)
+    session.add(
+        MessageEvent(
+            message_id=message.id,
+            account_id=account_id,
+            seq=1,
+            status=Status.DELIVERED.value,
+            at=now,
+            detail={"direction": "inbound"},
+        )
+    )
+    INBOUND_MESSAGES.labels(outcome="stored").inc()
+    return message
+
+
+async def store_inbound(
+    session: AsyncSession, items: Sequence[ReceivedInbound], *, now: datetime
+) -> list[bool]:
+    """Store inbound messages and parts; False for an item whose destination no account owns
+    (the SMSC is told the destination is invalid; nothing is kept)."""
+    owners = await owners_of_numbers(session, (item.fragment.destination for item in items))
+    stored: list[bool] = []
+    for item in items:
+        fragment = item.fragment
+        account_id = owners.get(fragment.destination)
+        if account_id is None:
+            INBOUND_MESSAGES.labels(outcome="unknown_destination").inc()
+            stored.append(False)
+            continue
+        stored.append(True)
+        if not fragment.is_part:
+            _inbound_message(
+                session,
+                account_id=account_id,
+                source=fragment.source,
+                destination=fragment.destination,
+                payload=fragment.payload,
+                data_coding=fragment.data_coding,
+                segments=1,
+                connector_id=item.connector_id,
+                now=now,
+            )
+            continue
+        await _store_part(session, item, account_id=account_id, now=now)
+    return stored
+
+
+async def _store_part(
+    session: AsyncSession, item: ReceivedInbound, *, account_id: str, now: datetime
+) -> None:
+    fragment = item.fragment
+    source, destination, reference, total = fragment_key(fragment)
+    await session.flush()  # parts added earlier in this batch are visible to the query
+    rows = list(
+        await session.scalars(
+            select(InboundPart).where(
+                InboundPart.connector_id == item.connector_id,
+                InboundPart.source == source,
+                InboundPart.destination == destination,
+                InboundPart.reference == reference,
+                InboundPart.total == total,
+            )
+        )
+    )
+    if any(row.sequence == fragment.sequence for row in rows):
+        INBOUND_MESSAGES.labels(outcome="duplicate_part").inc()
+        return
+    row = InboundPart(
+        connector_id=item.connector_id,
+        source=source,
+        destination=destination,
+        reference=reference,
+        total=total,
+        sequence=fragment.sequence,
+        data_coding=fragment.data_coding,
+        payload=fragment.payload,
+        received_at=now,
+    )
+    session.add(row)
+    rows.append(row)
+    fragments = [_as_fragment(r) for r in rows]
+    payload = reassemble(fragments)
+    if payload is None:
+        INBOUND_MESSAGES.labels(outcome="part").inc()
+        return
+    first = min(rows, key=lambda r: r.sequence)
+    _inbound_message(
+        session,
+        account_id=account_id,
+        source=source,
+        destination=destination,
+        payload=payload,
+        data_coding=first.data_coding,
+        segments=total,
+        connector_id=item.connector_id,
+        now=now,
+    )
+    await session.flush()
+    for r in rows:
+        await session.delete(r)
+
+
+def _as_fragment(row: InboundPart) -> InboundFragment:
+    return InboundFragment(
+        source=row.source,
+        destination=row.destination,
+        payload=row.payload,
+        data_coding=row.data_coding,
+        reference=row.reference,
+        total=row.total,
+        sequence=row.sequence,
+    )
+
+
+async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: float) -> int:
+    """Parts whose siblings never came: store what arrived as one message, marked incomplete."""
+    cutoff = now - timedelta(seconds=ttl_s)
+    stale = list(
+        await session.scalars(
+            select(InboundPart).where(InboundPart.received_at < cutoff).limit(500)
+        )
+    )
+    groups: dict[tuple[str, str, str, int, int], list[InboundPart]] = {}
+    for row in stale:
+        key = (row.connector_id, row.source, row.destination, row.reference, row.total)
+        groups.setdefault(key, []).append(row)
+    if not groups:
+        return 0
+    owners = await owners_of_numbers(session, (key[2] for key in groups))
+    for (connector_id, source, destination, _, total), rows in groups.items():
+        siblings = list(
+            await session.scalars(
+                select(InboundPart).where(
+                    InboundPart.connector_id == connector_id,
+                    InboundPart.source == source,
+                    InboundPart.destination == destination,
+                    InboundPart.reference == rows[0].reference,
+                    InboundPart.total == total,
+                )
+            )
+        )
+        siblings.sort(key=lambda r: r.sequence)
+        account_id = owners.get(destination)
+        if account_id is not None:
+            _inbound_message(
+                session,
+                account_id=account_id,
+                source=source,
+                destination=destination,
+                payload=b"".join(r.payload for r in siblings),
+                data_coding=siblings[0].data_coding,
+                segments=total,
+                connector_id=connector_id,
+                now=now,
+                incomplete=True,
+            )
+            INBOUND_MESSAGES.labels(outcome="incomplete").inc()
+        for r in siblings:
+            await session.delete(r)
+    return len(groups)
