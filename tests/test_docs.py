@@ -90,7 +90,7 @@ def test_delivery_error_codes_are_in_the_error_table() -> None:
     patterns = [
         r'DeliveryError\(\s*"([a-z_]+)"',
         r'return "([a-z_]+)", (?:True|False)',
-        r'\bcode="([a-z_]+)"',
+        r'\b(?:error_)?code="([a-z_]+)"',
     ]
     # classify_smtp_reply answers ("accepted", False) for a 2xx reply: not an error.
     codes = codes_in_source([SRC / "channels", SRC / "dispatch"], patterns)

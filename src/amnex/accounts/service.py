@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.models import Account, ApiKey, Operator, Sender
 from amnex.clock import utc_now
+from amnex.compliance.addresses import normalise_phone_number
 from amnex.db.ids import new_id
 from amnex.errors import Conflict, NotFound, ValidationFailed
 from amnex.privacy.audit import record_audit
@@ -173,6 +174,9 @@ async def revoke_api_key(
     return key
 
 
+SHORT_CODE_MAX_DIGITS = 8
+
+
 def normalise_sender(channel: str, address: str) -> str:
     """Email senders are a lowercase address or `@domain`; numbers keep their E.164 form."""
     if channel not in SENDER_CHANNELS:
@@ -190,6 +194,11 @@ def normalise_sender(channel: str, address: str) -> str:
         return addr.lower()
     if not address:
         raise ValidationFailed("empty sender address")
+    if address.startswith("+") or (address.isdigit() and len(address) > SHORT_CODE_MAX_DIGITS):
+        # A full number: stored in E.164 so that inbound messages (whose destination is
+        # normalised the same way) find the account that owns it. Short codes and
+        # alphanumeric sender ids are kept as given.
+        return normalise_phone_number("+" + address.lstrip("+"), field="address")
     return address
 
 

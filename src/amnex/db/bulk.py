@@ -79,6 +79,8 @@ class BulkInserter:
         self._notify = notify if not db.is_sqlite else None
         self._executor: ThreadPoolExecutor | None = None
         self._sqlite: sqlite3.Connection | None = None
+        # Writers of this process take turns at the gate (see Database.sqlite_write_gate).
+        self._gate = db.sqlite_write_gate or asyncio.Lock()
         if db.is_sqlite:
             # One thread owns the connection: sqlite3 objects must stay on their thread.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-insert")
@@ -96,7 +98,8 @@ class BulkInserter:
                 work.append((statement, statement.parameters(group)))
         if self._executor is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._insert_sqlite, work)
+            async with self._gate:
+                await loop.run_in_executor(self._executor, self._insert_sqlite, work)
         else:
             await self._insert_postgres(work)
 

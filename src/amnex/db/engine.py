@@ -171,11 +171,19 @@ class Database:
             self.read_engine = self.engine
         self._writer = async_sessionmaker(self.engine, expire_on_commit=False)
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Within a process, writers queue here, in order,
+        # instead of polling the file lock against each other (`begin_immediate` is for
+        # other processes). Never held across a unit of work inside another.
+        self.sqlite_write_gate: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """One transaction: commits when the block ends, rolls back if it raises."""
-        async with self._writer() as session, session.begin():
+        if self.sqlite_write_gate is None:
+            async with self._writer() as session, session.begin():
+                yield session
+            return
+        async with self.sqlite_write_gate, self._writer() as session, session.begin():
             yield session
 
     @asynccontextmanager

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import OutboundMessage
-from amnex.messages.models import Message
+from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import transition
-from amnex.messages.status import CLAIMABLE_STATUSES, Status
-from amnex.receipts.apply import apply_pending_for_parts, receipt_deadline, record_parts
+from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
+from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
 
 # record_submitted / record_failed / record_retry, called with the session and keywords.
 Recorder = Callable[..., Awaitable[bool]]
@@ -38,6 +38,49 @@ class ClaimedMessage:
     expires_at: datetime | None
 
 
+_CLAIM_COLUMNS = (
+    Message.id,
+    Message.account_id,
+    Message.channel,
+    Message.from_addr,
+    Message.to_addr,
+    Message.subject,
+    Message.body,
+    Message.html,
+    Message.category,
+    Message.created_at,
+    Message.meta,
+    Message.status,
+    Message.expires_at,
+    Message.attempts,
+    Message.lease_owner,
+    Message.event_seq,
+)
+EXPIRED_TEXT = "the validity period ended before the message could be sent"
+
+
+def event_row(
+    message_id: str,
+    account_id: str,
+    seq: int,
+    status: Status,
+    *,
+    at: datetime,
+    error_code: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `message_events` row for a bulk insert (the hot paths write events in one statement)."""
+    return {
+        "message_id": message_id,
+        "account_id": account_id,
+        "seq": seq,
+        "status": status.value,
+        "at": at,
+        "error_code": error_code,
+        "detail": detail,
+    }
+
+
 async def claim_due_messages(
     session: AsyncSession,
     *,
@@ -46,10 +89,14 @@ async def claim_due_messages(
     lease_s: float,
     now: datetime,
 ) -> list[ClaimedMessage]:
-    """Take up to `limit` due messages under a lease held by `owner`; expired ones fail here."""
-    rows = list(
-        await session.scalars(
-            select(Message)
+    """Take up to `limit` due messages under a lease held by `owner`; expired ones fail here.
+
+    One SELECT, one UPDATE per kind of change (executemany) and one INSERT of the events:
+    a claim of hundreds of messages is a handful of statements.
+    """
+    rows = (
+        await session.execute(
+            select(*_CLAIM_COLUMNS)
             .where(
                 Message.status.in_([s.value for s in CLAIMABLE_STATUSES]),
                 Message.next_attempt_at <= now,
@@ -58,50 +105,95 @@ async def claim_due_messages(
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-    )
+    ).all()
     lease_until = now + timedelta(seconds=lease_s)
     claimed: list[ClaimedMessage] = []
-    for message in rows:
-        previous = Status(message.status)
+    leased: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for row in rows:
+        previous = Status(row.status)
+        seq = row.event_seq
+        status = previous
         if previous is Status.SCHEDULED:
-            transition(session, message, Status.QUEUED, at=now, detail={"reason": "send_at"})
-        if message.expires_at is not None and message.expires_at <= now:
-            _fail(
-                session,
-                message,
-                now=now,
-                code="expired",
-                text="the validity period ended before the message could be sent",
+            check_transition(status, Status.QUEUED)
+            seq, status = seq + 1, Status.QUEUED
+            events.append(
+                event_row(row.id, row.account_id, seq, status, at=now, detail={"reason": "send_at"})
+            )
+        if row.expires_at is not None and row.expires_at <= now:
+            check_transition(status, Status.FAILED)
+            seq += 1
+            events.append(
+                event_row(
+                    row.id,
+                    row.account_id,
+                    seq,
+                    Status.FAILED,
+                    at=now,
+                    error_code="expired",
+                    detail={"error_message": EXPIRED_TEXT, "provider_error_code": None},
+                )
+            )
+            expired.append(
+                {
+                    "id": row.id,
+                    "status": Status.FAILED.value,
+                    "event_seq": seq,
+                    "updated_at": now,
+                    "error_code": "expired",
+                    "error_message": EXPIRED_TEXT,
+                    "provider_error_code": None,
+                    "failed_at": now,
+                    "next_attempt_at": None,
+                    "lease_owner": None,
+                    "lease_until": None,
+                }
             )
             continue
-        detail: dict[str, Any] = {"attempt": message.attempts + 1, "worker": owner}
+        check_transition(status, Status.SENDING)
+        detail: dict[str, Any] = {"attempt": row.attempts + 1, "worker": owner}
         if previous is Status.SENDING:
-            detail["reclaimed_from"] = message.lease_owner
-        transition(session, message, Status.SENDING, at=now, detail=detail)
-        message.attempts += 1
-        message.lease_owner = owner
-        message.lease_until = lease_until
-        message.next_attempt_at = lease_until
+            detail["reclaimed_from"] = row.lease_owner
+        seq += 1
+        events.append(event_row(row.id, row.account_id, seq, Status.SENDING, at=now, detail=detail))
+        leased.append(
+            {
+                "id": row.id,
+                "status": Status.SENDING.value,
+                "event_seq": seq,
+                "updated_at": now,
+                "attempts": row.attempts + 1,
+                "lease_owner": owner,
+                "lease_until": lease_until,
+                "next_attempt_at": lease_until,
+            }
+        )
         claimed.append(
             ClaimedMessage(
                 outbound=OutboundMessage(
-                    id=message.id,
-                    account_id=message.account_id,
-                    channel=message.channel,
-                    from_addr=message.from_addr,
-                    to_addr=message.to_addr,
-                    subject=message.subject,
-                    body=message.body,
-                    html=message.html,
-                    category=message.category,
-                    created_at=message.created_at,
-                    attempt=message.attempts,
-                    metadata=dict(message.meta or {}),
-                    expires_at=message.expires_at,
+                    id=row.id,
+                    account_id=row.account_id,
+                    channel=row.channel,
+                    from_addr=row.from_addr,
+                    to_addr=row.to_addr,
+                    subject=row.subject,
+                    body=row.body,
+                    html=row.html,
+                    category=row.category,
+                    created_at=row.created_at,
+                    attempt=row.attempts + 1,
+                    metadata=dict(row.meta or {}),
+                    expires_at=row.expires_at,
                 ),
-                expires_at=message.expires_at,
+                expires_at=row.expires_at,
             )
         )
+    for changes in (leased, expired):
+        if changes:
+            await session.execute(update(Message), changes)
+    if events:
+        await session.execute(insert(MessageEvent), events)
     return claimed
 
 
@@ -145,6 +237,115 @@ def _fail(
     _release_lease(message)
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A carrier accepted a message (`sent`, or `delivered` when acceptance is final)."""
+
+    message_id: str
+    status: Status
+    provider_message_id: str | None
+    detail: dict[str, Any]
+    connector_id: str | None = None
+    parts: Sequence[str] = ()
+    segments: int | None = None
+    encoding: str | None = None
+    receipt_wait_s: float | None = None
+    receipt_grace_s: float = 0.0
+
+
+async def record_submitted_many(
+    session: AsyncSession, outcomes: Sequence[Submitted], *, owner: str, now: datetime
+) -> list[bool]:
+    """Record many accepted sends in a few statements (the dispatcher's group commit).
+
+    Each message is updated only if this worker still holds its lease. With `parts`
+    (SMS), each part is recorded to wait for its receipt, receipts that arrived before
+    this moment are applied, and the message waits for its receipts until its validity
+    period (or `receipt_wait_s`) plus `receipt_grace_s`: `next_attempt_at` holds that
+    deadline for the receipt-timeout sweep.
+    """
+    ids = sorted({o.message_id for o in outcomes})
+    rows = (
+        await session.execute(
+            select(
+                Message.id,
+                Message.account_id,
+                Message.status,
+                Message.lease_owner,
+                Message.event_seq,
+                Message.expires_at,
+                Message.segments,
+                Message.encoding,
+            )
+            .where(Message.id.in_(ids))
+            .order_by(Message.id)
+            .with_for_update()
+        )
+    ).all()
+    leased = {r.id: r for r in rows if r.status == Status.SENDING and r.lease_owner == owner}
+    applied: list[bool] = []
+    changes: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    provider_ids: list[str] = []
+    for outcome in outcomes:
+        row = leased.pop(outcome.message_id, None)
+        if row is None:
+            applied.append(False)
+            continue
+        check_transition(Status.SENDING, outcome.status)
+        seq = row.event_seq + 1
+        events.append(
+            event_row(
+                row.id,
+                row.account_id,
+                seq,
+                outcome.status,
+                at=now,
+                detail={"provider_message_id": outcome.provider_message_id, **outcome.detail},
+            )
+        )
+        deadline = None
+        if outcome.status is Status.SENT and outcome.receipt_wait_s is not None:
+            deadline = receipt_deadline(
+                sent_at=now,
+                expires_at=row.expires_at,
+                wait_s=outcome.receipt_wait_s,
+                grace_s=outcome.receipt_grace_s,
+            )
+        changes.append(
+            {
+                "id": row.id,
+                "status": outcome.status.value,
+                "event_seq": seq,
+                "updated_at": now,
+                "provider_message_id": outcome.provider_message_id,
+                "provider_detail": outcome.detail,
+                "sent_at": now,
+                "delivered_at": now if outcome.status is Status.DELIVERED else None,
+                "error_code": None,
+                "error_message": None,
+                "provider_error_code": None,
+                "segments": outcome.segments if outcome.segments is not None else row.segments,
+                "encoding": outcome.encoding if outcome.encoding is not None else row.encoding,
+                "next_attempt_at": deadline,
+                "lease_owner": None,
+                "lease_until": None,
+            }
+        )
+        if outcome.parts and outcome.connector_id is not None:
+            parts.extend(part_rows(row.id, outcome.connector_id, outcome.parts, now=now))
+            provider_ids.extend(outcome.parts)
+        applied.append(True)
+    if changes:
+        await session.execute(update(Message), changes)
+        await session.execute(insert(MessageEvent), events)
+    if parts:
+        await session.execute(insert(MessagePart), parts)
+        await apply_pending_for_parts(session, provider_ids, now=now)
+    return applied
+
+
 async def record_submitted(
     session: AsyncSession,
     *,
@@ -161,49 +362,21 @@ async def record_submitted(
     receipt_wait_s: float | None = None,
     receipt_grace_s: float = 0.0,
 ) -> bool:
-    """The carrier accepted the message (`sent`, or `delivered` when acceptance is final).
-
-    With `parts` (SMS), each part is recorded to wait for its receipt, receipts that
-    arrived before this moment are applied, and the message waits for its receipts until
-    its validity period (or `receipt_wait_s`) plus `receipt_grace_s`: `next_attempt_at`
-    holds that deadline for the receipt-timeout sweep.
-    """
-    message = await _leased(session, message_id, owner)
-    if message is None:
-        return False
-    transition(
-        session,
-        message,
-        status,
-        at=now,
-        detail={"provider_message_id": provider_message_id, **detail},
+    """One accepted send (see `record_submitted_many`)."""
+    outcome = Submitted(
+        message_id=message_id,
+        status=status,
+        provider_message_id=provider_message_id,
+        detail=detail,
+        connector_id=connector_id,
+        parts=parts,
+        segments=segments,
+        encoding=encoding,
+        receipt_wait_s=receipt_wait_s,
+        receipt_grace_s=receipt_grace_s,
     )
-    message.provider_message_id = provider_message_id
-    message.provider_detail = detail
-    message.sent_at = now
-    message.error_code = None
-    message.error_message = None
-    message.provider_error_code = None
-    if segments is not None:
-        message.segments = segments
-    if encoding is not None:
-        message.encoding = encoding
-    message.next_attempt_at = None
-    if status is Status.DELIVERED:
-        message.delivered_at = now
-    elif receipt_wait_s is not None:
-        message.next_attempt_at = receipt_deadline(
-            sent_at=now,
-            expires_at=message.expires_at,
-            wait_s=receipt_wait_s,
-            grace_s=receipt_grace_s,
-        )
-    _release_lease(message)
-    if parts and connector_id is not None:
-        record_parts(session, message, connector_id=connector_id, provider_ids=parts, now=now)
-        await session.flush()
-        await apply_pending_for_parts(session, parts, now=now)
-    return True
+    (applied,) = await record_submitted_many(session, [outcome], owner=owner, now=now)
+    return applied
 
 
 async def record_failed(

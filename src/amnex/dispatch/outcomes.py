@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from amnex.clock import utc_now
 from amnex.db.engine import Database, is_transient_db_error
+from amnex.dispatch import claim
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,24 @@ class OutcomeWriter:
     async def _apply(self, group: list[_Outcome]) -> list[bool]:
         async with self._db.unit_of_work() as session:
             now = utc_now()
-            return [
-                await outcome.recorder(session, owner=self._owner, now=now, **outcome.kwargs)
-                for outcome in group
+            # Accepted sends, the bulk of any group, are written together in a few
+            # statements; failures and retries one by one.
+            results: dict[int, bool] = {}
+            submitted = [
+                (i, o) for i, o in enumerate(group) if o.recorder is claim.record_submitted
             ]
+            if submitted:
+                outcomes = [claim.Submitted(**o.kwargs) for _, o in submitted]
+                applied = await claim.record_submitted_many(
+                    session, outcomes, owner=self._owner, now=now
+                )
+                results.update(zip((i for i, _ in submitted), applied, strict=True))
+            for i, outcome in enumerate(group):
+                if i not in results:
+                    results[i] = await outcome.recorder(
+                        session, owner=self._owner, now=now, **outcome.kwargs
+                    )
+            return [results[i] for i in range(len(group))]
 
     async def _write_solo(self, outcome: _Outcome) -> None:
         delay_s = 0.1

@@ -323,27 +323,24 @@ async def match_pending_receipts(
 # Submitted parts and receipt deadlines
 
 
-def record_parts(
-    session: AsyncSession,
-    message: Message,
-    *,
-    connector_id: str,
-    provider_ids: Sequence[str],
-    now: datetime,
-) -> None:
-    """The parts a carrier accepted for `message`, waiting for their receipts."""
-    for number, provider_id in enumerate(provider_ids, start=1):
-        session.add(
-            MessagePart(
-                message_id=message.id,
-                part=number,
-                connector_id=connector_id,
-                provider_message_id=provider_id[:120],
-                id_key=canonical_id(provider_id)[:120],
-                status="sent",
-                updated_at=now,
-            )
-        )
+def part_rows(
+    message_id: str, connector_id: str, provider_ids: Sequence[str], *, now: datetime
+) -> list[dict[str, Any]]:
+    """`message_parts` rows for the parts a carrier accepted, waiting for their receipts."""
+    return [
+        {
+            "message_id": message_id,
+            "part": number,
+            "connector_id": connector_id,
+            "provider_message_id": provider_id[:120],
+            "id_key": canonical_id(provider_id)[:120],
+            "status": "sent",
+            "error_code": None,
+            "provider_error_code": None,
+            "updated_at": now,
+        }
+        for number, provider_id in enumerate(provider_ids, start=1)
+    ]
 
 
 def receipt_deadline(
