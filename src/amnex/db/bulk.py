@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.db.engine import Database, begin_immediate, is_transient_db_error, sqlite_pragmas
 
@@ -192,3 +193,35 @@ class BulkInserter:
             if is_transient_db_error(exc):
                 raise BatchUnavailable(type(exc.orig).__name__) from None
             raise
+
+
+_UPDATE_CACHE: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+async def update_rows(
+    session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]], *, key: Sequence[str]
+) -> None:
+    """UPDATE each row by its primary key, in one executemany per set of columns.
+
+    A Core statement with bound parameters rather than the ORM's bulk update by primary
+    key: the hot write paths change hundreds of rows per transaction, and the ORM's
+    per-row bookkeeping there cost more than the database work.
+    """
+    table: Table = model.__table__
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for columns, group in groups.items():
+        cache_key = (table.name, columns, tuple(key))
+        statement = _UPDATE_CACHE.get(cache_key)
+        if statement is None:
+            statement = (
+                update(table)
+                .where(*(table.c[k] == bindparam("k_" + k) for k in key))
+                .values({c: bindparam("v_" + c) for c in columns if c not in key})
+            )
+            _UPDATE_CACHE[cache_key] = statement
+        params = [
+            {("k_" if c in key else "v_") + c: value for c, value in row.items()} for row in group
+        ]
+        await session.execute(statement, params)

@@ -23,8 +23,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import OutboundMessage
+from amnex.db.bulk import update_rows
 from amnex.messages.models import Message, MessageEvent, MessagePart
-from amnex.messages.service import transition
+from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
 from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
 
@@ -57,28 +58,6 @@ _CLAIM_COLUMNS = (
     Message.event_seq,
 )
 EXPIRED_TEXT = "the validity period ended before the message could be sent"
-
-
-def event_row(
-    message_id: str,
-    account_id: str,
-    seq: int,
-    status: Status,
-    *,
-    at: datetime,
-    error_code: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A `message_events` row for a bulk insert (the hot paths write events in one statement)."""
-    return {
-        "message_id": message_id,
-        "account_id": account_id,
-        "seq": seq,
-        "status": status.value,
-        "at": at,
-        "error_code": error_code,
-        "detail": detail,
-    }
 
 
 async def claim_due_messages(
@@ -191,7 +170,7 @@ async def claim_due_messages(
         )
     for changes in (leased, expired):
         if changes:
-            await session.execute(update(Message), changes)
+            await update_rows(session, Message, changes, key=("id",))
     if events:
         await session.execute(insert(MessageEvent), events)
     return claimed
@@ -338,7 +317,7 @@ async def record_submitted_many(
             provider_ids.extend(outcome.parts)
         applied.append(True)
     if changes:
-        await session.execute(update(Message), changes)
+        await update_rows(session, Message, changes, key=("id",))
         await session.execute(insert(MessageEvent), events)
     if parts:
         await session.execute(insert(MessagePart), parts)

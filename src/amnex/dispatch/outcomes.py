@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.clock import utc_now
 from amnex.db.engine import Database, is_transient_db_error
@@ -118,7 +119,9 @@ class OutcomeWriter:
             await self._write_solo(outcome)
 
     async def _apply(self, group: list[_Outcome]) -> list[bool]:
-        async with self._db.unit_of_work() as session:
+        owner = self._owner
+
+        async def work(session: AsyncSession) -> list[bool]:
             now = utc_now()
             # Accepted sends, the bulk of any group, are written together in a few
             # statements; failures and retries one by one.
@@ -128,16 +131,16 @@ class OutcomeWriter:
             ]
             if submitted:
                 outcomes = [claim.Submitted(**o.kwargs) for _, o in submitted]
-                applied = await claim.record_submitted_many(
-                    session, outcomes, owner=self._owner, now=now
-                )
+                applied = await claim.record_submitted_many(session, outcomes, owner=owner, now=now)
                 results.update(zip((i for i, _ in submitted), applied, strict=True))
             for i, outcome in enumerate(group):
                 if i not in results:
                     results[i] = await outcome.recorder(
-                        session, owner=self._owner, now=now, **outcome.kwargs
+                        session, owner=owner, now=now, **outcome.kwargs
                     )
             return [results[i] for i in range(len(group))]
+
+        return await self._db.write(work)
 
     async def _write_solo(self, outcome: _Outcome) -> None:
         delay_s = 0.1

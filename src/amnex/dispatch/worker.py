@@ -21,6 +21,8 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from amnex.channels.base import (
     Channel,
     DeliveryError,
@@ -149,11 +151,15 @@ class Dispatcher:
                 waiter.cancel()
 
     async def _claim_and_start(self, limit: int) -> int:
+        owner, lease_s = self.owner, self._lease_s
+
+        async def work(session: AsyncSession) -> list[claim.ClaimedMessage]:
+            return await claim.claim_due_messages(
+                session, owner=owner, limit=limit, lease_s=lease_s, now=utc_now()
+            )
+
         try:
-            async with self._db.unit_of_work() as session:
-                batch = await claim.claim_due_messages(
-                    session, owner=self.owner, limit=limit, lease_s=self._lease_s, now=utc_now()
-                )
+            batch = await self._db.write(work)
         except Exception:
             log.exception("claim failed; retrying after the poll interval")
             await asyncio.sleep(self._poll_interval_s)

@@ -344,6 +344,28 @@ async def list_events(session: AsyncSession, message_id: str) -> list[MessageEve
     return list(rows)
 
 
+def event_row(
+    message_id: str,
+    account_id: str,
+    seq: int,
+    status: Status,
+    *,
+    at: datetime,
+    error_code: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `message_events` row for a bulk insert (the hot paths write events in one statement)."""
+    return {
+        "message_id": message_id,
+        "account_id": account_id,
+        "seq": seq,
+        "status": status.value,
+        "at": at,
+        "error_code": error_code,
+        "detail": detail,
+    }
+
+
 def add_event(
     session: AsyncSession,
     message: Message,

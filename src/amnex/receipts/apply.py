@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.models import Sender
+from amnex.db.bulk import update_rows
 from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
-from amnex.messages.service import transition
-from amnex.messages.status import Status
+from amnex.messages.service import event_row, transition
+from amnex.messages.status import Status, check_transition
 from amnex.metrics import INBOUND_MESSAGES, MESSAGES_DELIVERED, RECEIPT_TIMEOUTS, RECEIPTS
 from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
 from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
@@ -68,7 +69,35 @@ class ReceivedInbound:
 # The pure rule: what a message's parts say about the message
 
 
-def message_outcome(parts: Sequence[MessagePart]) -> tuple[Status, MessagePart | None] | None:
+@dataclass(slots=True)
+class PartState:
+    """A `message_parts` row as the receipt path reads and changes it (no ORM object)."""
+
+    message_id: str
+    part: int
+    connector_id: str
+    provider_message_id: str
+    id_key: str
+    status: str
+    error_code: str | None
+    provider_error_code: str | None
+    updated_at: datetime
+
+
+_PART_COLUMNS = (
+    MessagePart.message_id,
+    MessagePart.part,
+    MessagePart.connector_id,
+    MessagePart.provider_message_id,
+    MessagePart.id_key,
+    MessagePart.status,
+    MessagePart.error_code,
+    MessagePart.provider_error_code,
+    MessagePart.updated_at,
+)
+
+
+def message_outcome(parts: Sequence[PartState]) -> tuple[Status, PartState | None] | None:
     """The final status the parts decide, with the part that decided a failure; None while
     some part is still waiting for its receipt and none has failed.
 
@@ -88,7 +117,7 @@ def message_outcome(parts: Sequence[MessagePart]) -> tuple[Status, MessagePart |
 # Receipts
 
 
-def _best_part(candidates: Iterable[MessagePart], item: ReceivedReceipt) -> MessagePart | None:
+def _best_part(candidates: Iterable[PartState], item: ReceivedReceipt) -> PartState | None:
     """Among parts whose key matches, prefer the same connector, then the exact id."""
     raw = item.receipt.provider_message_id
     ranked = sorted(
@@ -98,36 +127,47 @@ def _best_part(candidates: Iterable[MessagePart], item: ReceivedReceipt) -> Mess
     return ranked[0] if ranked else None
 
 
+async def _load_parts(session: AsyncSession, condition: Any) -> list[PartState]:
+    rows = await session.execute(select(*_PART_COLUMNS).where(condition))
+    return [PartState(*row) for row in rows]
+
+
 async def _apply_matched(
     session: AsyncSession,
-    matches: list[tuple[ReceivedReceipt, MessagePart]],
+    matches: list[tuple[ReceivedReceipt, PartState]],
     *,
     now: datetime,
 ) -> tuple[int, int, int]:
-    """Apply receipts to their parts and settle the messages. Returns
-    (applied, duplicates, intermediate)."""
+    """Apply receipts to their parts and settle the messages, in a few statements.
+
+    Returns (applied, duplicates, intermediate).
+    """
     if not matches:
         return 0, 0, 0
     message_ids = sorted({part.message_id for _, part in matches})
     # Lock the messages first, in id order, so that two workers settling parts of the same
     # message (receipts may come on different binds) take turns instead of deadlocking.
     messages = {
-        m.id: m
-        for m in await session.scalars(
-            select(Message)
+        row.id: row
+        for row in await session.execute(
+            select(
+                Message.id, Message.account_id, Message.channel, Message.status, Message.event_seq
+            )
             .where(Message.id.in_(message_ids))
             .order_by(Message.id)
             .with_for_update()
         )
     }
-    all_parts: dict[str, list[MessagePart]] = {}
-    for part in await session.scalars(
-        select(MessagePart).where(MessagePart.message_id.in_(message_ids))
-    ):
+    all_parts: dict[str, list[PartState]] = {}
+    by_key: dict[tuple[str, int], PartState] = {}
+    for part in await _load_parts(session, MessagePart.message_id.in_(message_ids)):
         all_parts.setdefault(part.message_id, []).append(part)
+        by_key[(part.message_id, part.part)] = part
     applied = duplicates = intermediate = 0
     touched: dict[str, dict[str, Any]] = {}
-    for item, part in matches:
+    changed: dict[tuple[str, int], PartState] = {}
+    for item, found in matches:
+        part = by_key.get((found.message_id, found.part), found)
         receipt = item.receipt
         if part.status in PART_FINAL:
             duplicates += 1
@@ -139,24 +179,49 @@ async def _apply_matched(
         part.error_code = receipt.error_code
         part.provider_error_code = receipt.raw_error
         part.updated_at = now
+        changed[(part.message_id, part.part)] = part
         applied += 1
         touched.setdefault(part.message_id, {"part": part.part, "state": receipt.state})
+    if changed:
+        await update_rows(
+            session,
+            MessagePart,
+            [
+                {
+                    "message_id": p.message_id,
+                    "part": p.part,
+                    "status": p.status,
+                    "error_code": p.error_code,
+                    "provider_error_code": p.provider_error_code,
+                    "updated_at": p.updated_at,
+                }
+                for p in changed.values()
+            ],
+            key=("message_id", "part"),
+        )
+    settled: dict[str, list[dict[str, Any]]] = {"delivered": [], "failed": []}
+    events: list[dict[str, Any]] = []
     for message_id, detail in touched.items():
         message = messages.get(message_id)
-        if message is None:
-            continue
-        _settle(session, message, all_parts.get(message_id, []), now=now, detail=detail)
+        if message is not None:
+            _settle(message, all_parts.get(message_id, []), now, detail, settled, events)
+    for changes in settled.values():
+        if changes:
+            await update_rows(session, Message, changes, key=("id",))
+    if events:
+        await session.execute(insert(MessageEvent), events)
     return applied, duplicates, intermediate
 
 
 def _settle(
-    session: AsyncSession,
-    message: Message,
-    parts: list[MessagePart],
-    *,
+    message: Any,
+    parts: list[PartState],
     now: datetime,
     detail: dict[str, Any],
+    settled: dict[str, list[dict[str, Any]]],
+    events: list[dict[str, Any]],
 ) -> None:
+    """Add the message's change and event, if its parts now decide its final status."""
     if message.status != Status.SENT:
         # Already final (an earlier part failed, or receipt_timeout came first): the part
         # rows keep what the carrier said; the message does not change again.
@@ -167,15 +232,29 @@ def _settle(
     if outcome is None:
         return
     status, failed_part = outcome
+    check_transition(Status.SENT, status)
+    seq = message.event_seq + 1
+    base = {"id": message.id, "status": status.value, "event_seq": seq, "updated_at": now}
     if failed_part is None:
-        transition(session, message, status, at=now, detail={"parts": len(parts), **detail})
-        message.delivered_at = now
+        events.append(
+            event_row(
+                message.id,
+                message.account_id,
+                seq,
+                status,
+                at=now,
+                detail={"parts": len(parts), **detail},
+            )
+        )
+        settled["delivered"].append({**base, "delivered_at": now, "next_attempt_at": None})
         MESSAGES_DELIVERED.labels(channel=message.channel).inc()
-    else:
-        code = failed_part.error_code or "undeliverable"
-        transition(
-            session,
-            message,
+        return
+    code = failed_part.error_code or "undeliverable"
+    events.append(
+        event_row(
+            message.id,
+            message.account_id,
+            seq,
             status,
             at=now,
             error_code=code,
@@ -185,24 +264,30 @@ def _settle(
                 "provider_error_code": failed_part.provider_error_code,
             },
         )
-        message.error_code = code
-        message.error_message = (
-            f"the carrier reported part {failed_part.part} of {len(parts)} {failed_part.status}"
-            if len(parts) > 1
-            else f"the carrier reported the message {failed_part.status}"
-        )
-        message.provider_error_code = failed_part.provider_error_code
-        message.failed_at = now
-    message.next_attempt_at = None
+    )
+    settled["failed"].append(
+        {
+            **base,
+            "error_code": code,
+            "error_message": (
+                f"the carrier reported part {failed_part.part} of {len(parts)} {failed_part.status}"
+                if len(parts) > 1
+                else f"the carrier reported the message {failed_part.status}"
+            ),
+            "provider_error_code": failed_part.provider_error_code,
+            "failed_at": now,
+            "next_attempt_at": None,
+        }
+    )
 
 
 async def _find_parts(
     session: AsyncSession, items: Sequence[ReceivedReceipt]
-) -> list[MessagePart | None]:
+) -> list[PartState | None]:
     keys = sorted({item.key for item in items})
-    by_key: dict[str, list[MessagePart]] = {}
+    by_key: dict[str, list[PartState]] = {}
     if keys:
-        for part in await session.scalars(select(MessagePart).where(MessagePart.id_key.in_(keys))):
+        for part in await _load_parts(session, MessagePart.id_key.in_(keys)):
             by_key.setdefault(part.id_key, []).append(part)
     return [_best_part(by_key.get(item.key, ()), item) for item in items]
 

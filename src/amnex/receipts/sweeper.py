@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
@@ -29,18 +31,23 @@ async def sweep_once(
 ) -> dict[str, int]:
     """One pass of every step; returns what each did, and where the receipt scan stopped."""
     done = {"matched": 0, "expired_receipts": 0, "receipt_timeouts": 0, "inbound_flushed": 0}
-    async with db.unit_of_work() as session:
-        matched, expired, done["cursor"] = await match_pending_receipts(
+
+    async def match(session: AsyncSession) -> tuple[int, int, int]:
+        return await match_pending_receipts(
             session,
             now=utc_now(),
             ttl_s=settings.unmatched_receipt_ttl_s,
             limit=CHUNK,
             after_id=after_id,
         )
+
+    async def time_out(session: AsyncSession) -> int:
+        return await expire_receipt_waits(session, now=utc_now(), limit=CHUNK)
+
+    matched, expired, done["cursor"] = await db.write(match)
     done["matched"], done["expired_receipts"] = matched, expired
     while True:
-        async with db.unit_of_work() as session:
-            timed_out = await expire_receipt_waits(session, now=utc_now(), limit=CHUNK)
+        timed_out = await db.write(time_out)
         done["receipt_timeouts"] += timed_out
         if timed_out < CHUNK:
             break

@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from amnex.channels.smpp.pdu import CommandStatus, DataSm, DeliverSm
 from amnex.channels.smpp.session import DeliverHandler
 from amnex.clock import utc_now
@@ -125,12 +127,15 @@ class DeliveryWriter:
     async def _store(self, batch: list[_Item]) -> list[CommandStatus]:
         receipts = [i.payload for i in batch if isinstance(i.payload, ReceivedReceipt)]
         inbound = [i.payload for i in batch if isinstance(i.payload, ReceivedInbound)]
+
+        async def work(session: AsyncSession) -> list[bool]:
+            now = utc_now()
+            if receipts:
+                await apply_receipts(session, receipts, now=now)
+            return await store_inbound(session, inbound, now=now) if inbound else []
+
         try:
-            async with self._db.unit_of_work() as session:
-                now = utc_now()
-                if receipts:
-                    await apply_receipts(session, receipts, now=now)
-                stored = await store_inbound(session, inbound, now=now) if inbound else []
+            stored = await self._db.write(work)
         except asyncio.CancelledError:
             raise
         except Exception:
