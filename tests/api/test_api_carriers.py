@@ -456,3 +456,33 @@ async def test_a_number_belongs_to_one_account_only(
     assert_problem(taken, 409, "conflict")
     assert number in [s["address"] for s in first_senders.json()["data"]]
     assert await audit_trail(db) == []
+
+
+async def test_changing_a_connector_sealed_under_another_master_key_asks_for_its_password(
+    keyed_settings: Settings, db: Database, operator: dict[str, str]
+) -> None:
+    # Given a connector whose password was sealed under an earlier master key
+    async with db.unit_of_work() as session:
+        old_box = SecretBox.from_settings(
+            keyed_settings.model_copy(update={"master_key": SecretStr(generate_key())})
+        )
+        connector = await service.create_connector(
+            session,
+            old_box,
+            name="Old key",
+            config={"host": "127.0.0.1", "port": 2775, "system_id": "amnex"},
+            password="secret",
+            actor="test",
+        )
+    async with serve_api(keyed_settings, db) as api:
+        path = f"/admin/v1/connectors/{connector.id}"
+        # When a setting is changed without the password, it is refused precisely
+        refused = await api.client.patch(path, headers=operator, json={"window": 10})
+        assert_problem(refused, 422, "validation_failed")
+        assert refused.json()["field"] == "password"
+        # And with the password given again, the change and the new seal are stored
+        changed = await api.client.patch(
+            path, headers=operator, json={"window": 10, "password": "secret"}
+        )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["config"]["window"] == 10

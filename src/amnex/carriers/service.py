@@ -21,7 +21,7 @@ from amnex.clock import utc_now
 from amnex.db.ids import looks_like_id, new_id
 from amnex.errors import Conflict, NotFound, ValidationFailed
 from amnex.privacy.audit import record_audit
-from amnex.privacy.crypto import SecretBox
+from amnex.privacy.crypto import CryptoError, SecretBox
 
 ROUTED_CHANNELS = frozenset({"sms"})
 _PREFIX = re.compile(r"\d{0,15}")
@@ -156,7 +156,18 @@ async def update_connector(
     connector = await get_connector_or_raise(session, connector_id)
     changed: list[str] = []
     if config is not None or password is not None:
-        current_password = password if password is not None else connector_password(box, connector)
+        if password is not None:
+            current_password = password
+        else:
+            try:
+                current_password = connector_password(box, connector)
+            except CryptoError:
+                # Sealed under another master key: the settings cannot be checked with it.
+                raise ValidationFailed(
+                    "password: the stored password does not open with this server's master "
+                    "key; give the password again with the change",
+                    field="password",
+                ) from None
         merged = {**connector.config, **(config or {})}
         validated = _validated_config(connector.id, connector.name, merged, current_password)
         connector.config = _stored_config(validated)
