@@ -482,3 +482,29 @@ async def test_a_number_registered_without_plus_still_receives_its_inbound(db: D
     assert await store(db, fragment(b"hi", destination="+13125550176")) == [True]
     [message] = await inbound_messages(db, account)
     assert message.to_addr == "+13125550176"
+
+
+async def test_an_smsc_that_reuses_an_id_sends_the_new_receipt_to_the_new_message(
+    db: Database, sms_account: AccountHandle
+) -> None:
+    # Given an old message delivered under id 1 (an SMSC whose counter started again)
+    old = await sent_message(db, sms_account, ["0000000001"])
+    await apply(db, receipt("0000000001", "DELIVRD"))
+    # When id 1 comes back for a new message, and its receipt overtakes its submit_sm_resp
+    await apply(db, receipt("0000000001", "UNDELIV", "001"))
+    new = await sent_message(db, sms_account, ["0000000001"])
+    # Then the receipt reaches the new message, and the old one is untouched
+    assert (await load(db, old)).status == "delivered"
+    assert (await load(db, new)).status == "undelivered"
+
+
+async def test_a_long_vendor_error_text_does_not_stop_the_receipt(
+    db: Database, sms_account: AccountHandle
+) -> None:
+    message_id = await sent_message(db, sms_account, ["long1"])
+    await apply(db, receipt("long1", "UNDELIV", "001 vendor-reason:" + "x" * 80))
+    message = await load(db, message_id)
+    assert message.status == "undelivered"
+    assert message.provider_error_code is not None
+    assert message.provider_error_code.startswith("001")
+    assert len(message.provider_error_code) <= 40

@@ -166,15 +166,23 @@ class _SqliteWriter:
         self._ready = threading.Event()
         self._settings = settings
         self._thread = threading.Thread(target=self._main, name="sqlite-writer", daemon=True)
+        self._failed: BaseException | None = None
         self._thread.start()
         self._ready.wait()
+        if self._failed is not None:
+            raise self._failed
 
     def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._engine = _sqlite_engine(self._settings, immediate=True)
-        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
-        self._turn = asyncio.Lock()
-        self._ready.set()
+        try:
+            asyncio.set_event_loop(self._loop)
+            self._engine = _sqlite_engine(self._settings, immediate=True)
+            self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+            self._turn = asyncio.Lock()
+        except BaseException as exc:
+            self._failed = exc
+            return
+        finally:
+            self._ready.set()
         self._loop.run_forever()
 
     async def _run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -190,7 +198,8 @@ class _SqliteWriter:
         await asyncio.wrap_future(done)
         self._loop.call_soon_threadsafe(self._loop.stop)
         await asyncio.to_thread(self._thread.join, 10)
-        self._loop.close()
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 class Database:

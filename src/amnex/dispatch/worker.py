@@ -276,6 +276,9 @@ class Dispatcher:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Outcomes those sends already queued are written first: a lease released before
+        # its outcome is recorded would send the message again.
+        await self._outcomes.close()
         with contextlib.suppress(Exception):
             async with self._db.unit_of_work() as session:
                 released = await claim.release_leases(

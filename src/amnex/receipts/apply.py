@@ -43,6 +43,9 @@ from amnex.receipts.models import InboundPart, PendingReceipt
 log = logging.getLogger(__name__)
 
 PART_FINAL = frozenset({"delivered", "undelivered", "failed"})
+# A stored receipt that matches only a final part is a duplicate once it is this old: any
+# submit it could belong to has been recorded by then.
+DUPLICATE_AFTER_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +121,18 @@ def message_outcome(parts: Sequence[PartState]) -> tuple[Status, PartState | Non
 
 
 def _best_part(candidates: Iterable[PartState], item: ReceivedReceipt) -> PartState | None:
-    """Among parts whose key matches, prefer the same connector, then the exact id."""
+    """Among parts whose key matches: the same connector, a part still waiting for its
+    receipt, the exact id, the newest — an SMSC that reuses ids must not send a new
+    message's receipt to an old part."""
     raw = item.receipt.provider_message_id
     ranked = sorted(
         candidates,
-        key=lambda p: (p.connector_id != item.connector_id, p.provider_message_id != raw),
+        key=lambda p: (
+            p.connector_id != item.connector_id,
+            p.status in PART_FINAL,
+            p.provider_message_id != raw,
+            -p.updated_at.timestamp(),
+        ),
     )
     return ranked[0] if ranked else None
 
@@ -177,7 +187,7 @@ async def _apply_matched(
             continue
         part.status = receipt.status
         part.error_code = receipt.error_code
-        part.provider_error_code = receipt.raw_error
+        part.provider_error_code = receipt.raw_error[:40] if receipt.raw_error else None
         part.updated_at = now
         changed[(part.message_id, part.part)] = part
         applied += 1
@@ -297,9 +307,20 @@ async def apply_receipts(
 ) -> None:
     """Apply receipts; keep those that match no part yet in `pending_receipts`."""
     parts = await _find_parts(session, items)
-    matches = [(item, part) for item, part in zip(items, parts, strict=True) if part is not None]
+    # A receipt whose only match is a part already final may be a duplicate, or belong to
+    # a message whose submit is not recorded yet under a reused id: it waits as pending,
+    # and the sweeper counts it a duplicate once that can no longer be (DUPLICATE_AFTER_S).
+    matches = [
+        (item, part)
+        for item, part in zip(items, parts, strict=True)
+        if part is not None and part.status not in PART_FINAL
+    ]
     applied, duplicates, intermediate = await _apply_matched(session, matches, now=now)
-    pending = [item for item, part in zip(items, parts, strict=True) if part is None]
+    pending = [
+        item
+        for item, part in zip(items, parts, strict=True)
+        if part is None or part.status in PART_FINAL
+    ]
     for item in pending:
         receipt = item.receipt
         session.add(
@@ -346,8 +367,19 @@ async def _apply_pending_rows(
         return 0
     items = [_as_received(row) for row in rows]
     parts = await _find_parts(session, items)
-    matched_rows = [row for row, part in zip(rows, parts, strict=True) if part is not None]
-    matches = [(item, part) for item, part in zip(items, parts, strict=True) if part is not None]
+    settled_before = now - timedelta(seconds=DUPLICATE_AFTER_S)
+
+    def usable(row: PendingReceipt, part: PartState | None) -> bool:
+        if part is None:
+            return False
+        return part.status not in PART_FINAL or row.received_at < settled_before
+
+    matched_rows = [row for row, part in zip(rows, parts, strict=True) if usable(row, part)]
+    matches = [
+        (item, part)
+        for row, item, part in zip(rows, items, parts, strict=True)
+        if part is not None and usable(row, part)
+    ]
     # Oldest first: an ENROUTE stored before a DELIVRD must not be applied after it.
     await _apply_matched(session, matches, now=now)
     if matched_rows:
@@ -666,7 +698,22 @@ async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: f
         )
         siblings.sort(key=lambda r: r.sequence)
         account_id = owners.get(destination)
-        if account_id is not None:
+        complete = reassemble([_as_fragment(r) for r in siblings])
+        if account_id is not None and complete is not None:
+            # Every part arrived, but in transactions that did not see each other (two
+            # workers at once on PostgreSQL): the whole message, not an incomplete one.
+            _inbound_message(
+                session,
+                account_id=account_id,
+                source=source,
+                destination=destination,
+                payload=complete,
+                data_coding=siblings[0].data_coding,
+                segments=total,
+                connector_id=connector_id,
+                now=now,
+            )
+        elif account_id is not None:
             _inbound_message(
                 session,
                 account_id=account_id,

@@ -21,12 +21,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.smpp.pdu import CommandStatus, DataSm, DeliverSm
 from amnex.channels.smpp.session import DeliverHandler
 from amnex.clock import utc_now
-from amnex.db.engine import Database
+from amnex.db.engine import Database, is_transient_db_error
 from amnex.metrics import INBOUND_MESSAGES, RECEIPTS
 from amnex.receipts.apply import (
     ReceivedInbound,
@@ -138,7 +139,10 @@ class DeliveryWriter:
             stored = await self._db.write(work)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if len(batch) > 1 and not _is_outage(exc):
+                # One item the database refuses must not fail the others: each on its own.
+                return [(await self._store([item]))[0] for item in batch]
             log.exception(
                 "storing %d receipts/inbound messages failed; the SMSC will resend", len(batch)
             )
@@ -158,3 +162,8 @@ def _resolved(
     future: asyncio.Future[CommandStatus] = loop.create_future()
     future.set_result(status)
     return future
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """The database is away (worth the SMSC sending again), not refusing one item."""
+    return isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and is_transient_db_error(exc))
