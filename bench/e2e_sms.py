@@ -1,8 +1,9 @@
 """Bench (issue 3, c): SMS end to end on SQLite — API accept → dispatch → submit_sm → receipt.
 
 Three processes on this machine, as a small deployment would run them: `amnex serve` (the
-API), `amnex worker` (dispatcher, SMPP connector, receipts) and `amnex simulate smsc` (the
-SMSC simulator, receipts after 50 ms), on one SQLite file (WAL, synchronous=FULL, the
+API), `amnex worker` (dispatcher, SMPP connector, receipts; `--worker-concurrency` sends in
+flight, claims of up to 1,000) and `amnex simulate smsc` (the SMSC simulator, receipts after
+50 ms), on one SQLite file (WAL, synchronous=FULL, the
 default). wrk sends exactly `--messages` `POST /v1/messages` for SMS (bench/post_message.lua)
 to numbers the simulator delivers; the clock runs from the first request until the database
 holds every message `delivered`. Every run uses a fresh database.
@@ -13,7 +14,7 @@ Each round runs the baseline and then the full pipeline; the MEDIAN of `--runs` 
 reported, with CPU µs per message for each process.
 
     .venv/bin/python bench/e2e_sms.py [--messages 20000] [--runs 3] [--connections 64]
-        [--cap-s 180]
+        [--cap-s 180] [--worker-concurrency 500]
 
 Exits non-zero if a run does not finish, a request is answered with anything but 201, or a
 message ends in any status other than `delivered`.
@@ -157,7 +158,9 @@ def wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout_s: flo
     raise RuntimeError("no /healthz")
 
 
-def one_run(kind: str, messages: int, connections: int, cap_s: int, workdir: Path) -> Run:
+def one_run(
+    kind: str, messages: int, connections: int, cap_s: int, workdir: Path, concurrency: int
+) -> Run:
     run = Run(kind, messages)
     rundir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
     database_url = f"sqlite+aiosqlite:///{rundir / 'amnex.db'}"
@@ -168,8 +171,8 @@ def one_run(kind: str, messages: int, connections: int, cap_s: int, workdir: Pat
         {
             "AMNEX_DATABASE_URL": database_url,
             "AMNEX_MASTER_KEY": master_key,
-            "AMNEX_WORKER_CONCURRENCY": "500",
-            "AMNEX_CLAIM_BATCH_SIZE": "500",
+            "AMNEX_WORKER_CONCURRENCY": str(concurrency),
+            "AMNEX_CLAIM_BATCH_SIZE": str(min(concurrency, 1000)),
         }
     )
     amnex = [sys.executable, "-m", "amnex"]
@@ -257,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--cap-s", type=int, default=180)
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=500, help="sends in flight per worker"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -266,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for round_no in range(1, args.runs + 1):
             for kind in ("accept", "e2e"):
-                run = one_run(kind, args.messages, args.connections, args.cap_s, workdir)
+                run = one_run(
+                    kind,
+                    args.messages,
+                    args.connections,
+                    args.cap_s,
+                    workdir,
+                    args.worker_concurrency,
+                )
                 runs.append(run)
                 print(
                     f"round {round_no} {kind:6}: {run.per_s:8.0f} msg/s  "
