@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import OutboundMessage
-from amnex.db.bulk import update_rows
+from amnex.db.bulk import insert_rows, update_rows
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
@@ -172,7 +172,7 @@ async def claim_due_messages(
         if changes:
             await update_rows(session, Message, changes, key=("id",))
     if events:
-        await session.execute(insert(MessageEvent), events)
+        await insert_rows(session, MessageEvent, events)
     return claimed
 
 
@@ -318,9 +318,9 @@ async def record_submitted_many(
         applied.append(True)
     if changes:
         await update_rows(session, Message, changes, key=("id",))
-        await session.execute(insert(MessageEvent), events)
+        await insert_rows(session, MessageEvent, events)
     if parts:
-        await session.execute(insert(MessagePart), parts)
+        await insert_rows(session, MessagePart, parts)
         await apply_pending_for_parts(session, provider_ids, now=now)
     return applied
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.models import Sender
-from amnex.db.bulk import update_rows
+from amnex.db.bulk import insert_rows, update_rows
 from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
@@ -219,7 +219,7 @@ async def _apply_matched(
         if changes:
             await update_rows(session, Message, changes, key=("id",))
     if events:
-        await session.execute(insert(MessageEvent), events)
+        await insert_rows(session, MessageEvent, events)
     return applied, duplicates, intermediate
 
 
