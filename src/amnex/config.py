@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     retry_max_s: float = 600.0
     max_retry_age_s: float = 86_400.0
     shutdown_grace_s: float = 20.0
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve the worker's Prometheus metrics on this port (off when unset).",
+    )
+    worker_metrics_host: str = "127.0.0.1"
 
     # SMS: receipts, inbound messages, routing
     receipt_wait_s: float = Field(

@@ -7,6 +7,9 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
 
 from amnex.carriers.routing import RouteCache
 from amnex.channels.base import Channel
@@ -37,6 +40,21 @@ async def housekeeping(db: Database, *, interval_s: float = HOUSEKEEPING_INTERVA
         except Exception:
             log.exception("housekeeping failed; retrying at the next interval")
         await asyncio.sleep(interval_s)
+
+
+def start_metrics_server(settings: Settings) -> WSGIServer | None:
+    """The worker's `/metrics`, on its own thread, when `worker_metrics_port` is set."""
+    if settings.worker_metrics_port is None:
+        return None
+    server, _thread = prometheus_client.start_http_server(
+        settings.worker_metrics_port, addr=settings.worker_metrics_host
+    )
+    log.info(
+        "worker metrics on http://%s:%d/metrics",
+        settings.worker_metrics_host,
+        server.server_port,
+    )
+    return server
 
 
 def build_dispatcher(
@@ -109,6 +127,7 @@ async def run_worker(settings: Settings) -> None:
     if not await schema_is_current(db):
         await db.dispose()
         raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
+    metrics_server = start_metrics_server(settings)
     parts = await WorkerParts.start(settings, db)
     listener: PgListener | None = None
     # With LISTEN/NOTIFY new messages wake the worker at once; the timer only finds scheduled
@@ -129,3 +148,5 @@ async def run_worker(settings: Settings) -> None:
             await listener.close()
         await parts.close()
         await db.dispose()
+        if metrics_server is not None:
+            metrics_server.shutdown()

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 
+import httpx
+
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.simulators.smsc import SmscSimulator
 from support import (
     add_smpp_route,
     eventually,
+    free_socket,
     make_account,
     serve_api,
     wait_for_status,
@@ -21,7 +24,7 @@ from support import (
 )
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMNEX_")}
     assert settings.master_key is not None
     env.update(
@@ -32,6 +35,8 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
             "AMNEX_ROUTE_CACHE_TTL_S": "0.2",
         }
     )
+    if metrics_port is not None:
+        env["AMNEX_WORKER_METRICS_PORT"] = str(metrics_port)
     return subprocess.Popen(
         [sys.executable, "-m", "amnex", "worker"],
         env=env,
@@ -48,7 +53,9 @@ async def test_a_receipt_owed_to_a_killed_worker_is_applied_after_restart(
     settings = with_master_key(settings)
     account = await make_account(db, sms_number="+13125550188")
     await add_smpp_route(db, settings, host=smsc.host, port=smsc.port)
-    first = start_worker(settings)
+    with free_socket() as sock:
+        metrics_port = sock.getsockname()[1]
+    first = start_worker(settings, metrics_port)
     second: subprocess.Popen[bytes] | None = None
     try:
         async with serve_api(settings, db) as api:
@@ -63,6 +70,11 @@ async def test_a_receipt_owed_to_a_killed_worker_is_applied_after_restart(
             # Given the worker submitted the SMS and recorded it as sent
             await wait_for_status(api.client, account, message_id, {"sent"}, timeout_s=30)
             assert len(smsc.messages()) == 1
+            # (the worker's own metrics say what it did)
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            assert "amnex_smpp_binds_total{connector=" in metrics
+            assert 'amnex_dispatch_outcomes_total{channel="sms",outcome="sent"} 1.0' in metrics
             # When it is killed before the receipt comes
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
