@@ -21,8 +21,9 @@ from sqlalchemy.engine import make_url
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
+from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
-from support import AccountHandle, StartSink, make_account, truncate_all
+from support import AccountHandle, StartSink, StartSmsc, make_account, truncate_all
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -139,6 +140,26 @@ async def start_sink() -> AsyncIterator[StartSink]:
     yield start
     for sink in sinks:
         await sink.stop()
+
+
+@pytest.fixture
+async def start_smsc() -> AsyncIterator[StartSmsc]:
+    started: list[SmscSimulator] = []
+
+    async def start(**kwargs: Any) -> SmscSimulator:
+        smsc = SmscSimulator(**{"receipt_delay_s": 0.01, **kwargs})
+        await smsc.start()
+        started.append(smsc)
+        return smsc
+
+    yield start
+    for smsc in started:
+        await smsc.stop()
+
+
+@pytest.fixture
+async def smsc(start_smsc: StartSmsc) -> SmscSimulator:
+    return await start_smsc()
 
 
 @pytest.fixture

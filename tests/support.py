@@ -33,6 +33,7 @@ from amnex.db.models import Base
 from amnex.dispatch.worker import Dispatcher
 from amnex.privacy.crypto import SecretBox, generate_key
 from amnex.runtime import Runtime
+from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
 from amnex.worker_process import WorkerParts, build_dispatcher
 
@@ -40,6 +41,7 @@ T = TypeVar("T")
 
 # Starts an SMTP sink with the given options (the `start_sink` fixture).
 StartSink = Callable[..., Awaitable[SmtpSink]]
+StartSmsc = Callable[..., Awaitable[SmscSimulator]]
 
 
 @dataclass

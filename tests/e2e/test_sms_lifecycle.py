@@ -13,6 +13,7 @@ from amnex.simulators.smsc import SmscSimulator
 from support import (
     AccountHandle,
     ApiServer,
+    StartSmsc,
     add_smpp_route,
     eventually,
     make_account,
@@ -25,13 +26,8 @@ SMS_NUMBER = "+13125550142"
 
 
 @pytest.fixture
-async def smsc() -> AsyncIterator[SmscSimulator]:
-    sim = SmscSimulator(receipt_delay_s=0.05, slow_receipt_delay_s=0.5)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
+async def smsc(start_smsc: StartSmsc) -> SmscSimulator:
+    return await start_smsc(receipt_delay_s=0.05, slow_receipt_delay_s=0.5)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.simulators.smsc import SmscSimulator
 from support import (
+    StartSmsc,
     add_smpp_route,
     eventually,
     free_socket,
@@ -46,10 +47,9 @@ def start_worker(settings: Settings, metrics_port: int | None = None) -> subproc
 
 
 async def test_a_receipt_owed_to_a_killed_worker_is_applied_after_restart(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, start_smsc: StartSmsc
 ) -> None:
-    smsc = SmscSimulator(receipt_delay_s=1.5)
-    await smsc.start()
+    smsc = await start_smsc(receipt_delay_s=1.5)
     settings = with_master_key(settings)
     account = await make_account(db, sms_number="+13125550188")
     await add_smpp_route(db, settings, host=smsc.host, port=smsc.port)
@@ -99,7 +99,6 @@ async def test_a_receipt_owed_to_a_killed_worker_is_applied_after_restart(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        await smsc.stop()
 
 
 def _bound_sessions(smsc: SmscSimulator) -> Callable[[], Awaitable[int]]:

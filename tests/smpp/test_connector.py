@@ -36,7 +36,6 @@ from support import eventually
 
 T = TypeVar("T")
 
-StartSmsc = Callable[..., Awaitable[SmscSimulator]]
 MakeConnector = Callable[..., Awaitable[SmppConnector]]
 
 LONG_GSM = "".join(chr(ord("a") + i % 26) for i in range(200))  # 2 parts of <= 153 septets
@@ -55,26 +54,6 @@ class Delivered:
     async def __call__(self, received: pdu.DeliverSm | pdu.DataSm) -> pdu.CommandStatus:
         self.pdus.append(received)
         return pdu.CommandStatus.ESME_ROK
-
-
-@pytest.fixture
-async def start_smsc() -> AsyncIterator[StartSmsc]:
-    started: list[SmscSimulator] = []
-
-    async def start(**kwargs: Any) -> SmscSimulator:
-        smsc = SmscSimulator(**{"receipt_delay_s": 0.01, **kwargs})
-        await smsc.start()
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        await smsc.stop()
-
-
-@pytest.fixture
-async def smsc(start_smsc: StartSmsc) -> SmscSimulator:
-    return await start_smsc()
 
 
 @pytest.fixture

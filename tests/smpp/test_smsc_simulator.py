@@ -17,30 +17,9 @@ import smpp34
 
 from amnex.channels.smpp import pdu
 from amnex.simulators.smsc import NoReceiverBound, SmscSimulator, outcome_digits
-
-StartSmsc = Callable[..., Awaitable[SmscSimulator]]
+from support import StartSmsc
 
 TIMEOUT_S = 5.0
-
-
-@pytest.fixture
-async def start_smsc() -> AsyncIterator[StartSmsc]:
-    started: list[SmscSimulator] = []
-
-    async def start(**kwargs: Any) -> SmscSimulator:
-        smsc = SmscSimulator(**{"receipt_delay_s": 0.01, **kwargs})
-        await smsc.start()
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        await smsc.stop()
-
-
-@pytest.fixture
-async def smsc(start_smsc: StartSmsc) -> SmscSimulator:
-    return await start_smsc()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
@@ -59,11 +58,10 @@ class _Item:
 class DeliveryWriter:
     """Stores what SMSCs deliver, in batches; `handler(connector_id)` is a session's on_deliver."""
 
-    def __init__(self, db: Database, *, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._on_commit = on_commit
 
     def start(self) -> None:
         if self._task is None:
@@ -122,8 +120,6 @@ class DeliveryWriter:
             for item, status in zip(batch, statuses, strict=True):
                 if not item.done.done():
                     item.done.set_result(status)
-            if self._on_commit is not None and any(s == CommandStatus.ESME_ROK for s in statuses):
-                self._on_commit()
 
     async def _store(self, batch: list[_Item]) -> list[CommandStatus]:
         receipts = [i.payload for i in batch if isinstance(i.payload, ReceivedReceipt)]
