@@ -202,7 +202,8 @@ async def test_window_of_10_bounds_200_submits_and_all_get_ids() -> None:
                 event = await next_event(server, smpp34.SubmitSmEvent)
                 held += 1
                 max_held = max(max_held, held)
-                loop.call_later(0.002, answer, event)
+                # Long enough for the client to fill its window even on a loaded machine.
+                loop.call_later(0.02, answer, event)
 
         smsc_task = asyncio.create_task(smsc())
         destinations = [f"49151{i:07d}" for i in range(200)]
