@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from amnex.accounts.models import Account
 from amnex.clock import utc_now
-from amnex.db.bulk import BatchConflict, BulkInserter
+from amnex.db.bulk import BatchConflict, BulkInserter, insert_rows
 from amnex.db.engine import Database
 from amnex.db.models import Base
 from amnex.privacy.audit import AuditEntry
@@ -69,3 +69,30 @@ async def test_a_value_the_driver_cannot_bind_leaves_the_connection_usable(db: D
     async with db.read_session() as session:
         ids = list(await session.scalars(select(AuditEntry.id)))
     assert ids == ["aud_0006"]
+
+
+async def test_timestamps_written_in_bulk_compare_and_read_back_as_the_orm_writes_them(
+    db: Database,
+) -> None:
+    whole = datetime(2026, 11, 28, 17, 0, 0, tzinfo=UTC)
+    instants = [
+        whole,
+        whole + timedelta(microseconds=1),
+        datetime(2026, 11, 28, 22, 0, 0, 500000, tzinfo=timezone(timedelta(hours=5))),
+    ]
+    rows = [{**audit_row(i), "at": at} for i, at in enumerate(instants)]
+    async with db.unit_of_work() as session:
+        await insert_rows(session, AuditEntry, rows[:2])
+        session.add(AuditEntry(**rows[2]))  # the ORM's own way, for comparison
+    async with db.read_session() as session:
+        stored = list(await session.scalars(select(AuditEntry.at).order_by(AuditEntry.at)))
+        not_after_whole = await session.scalar(select(func.count()).where(AuditEntry.at <= whole))
+        raw = list(await session.scalars(text("SELECT at FROM audit_log ORDER BY at")))
+    assert stored == sorted(instants)
+    assert not_after_whole == 1  # `at <= :t` holds for the equal instant, not the later ones
+    if db.is_sqlite:  # text in one shape, so text order is time order
+        assert raw == [
+            "2026-11-28 17:00:00.000000",
+            "2026-11-28 17:00:00.000001",
+            "2026-11-28 17:00:00.500000",
+        ]

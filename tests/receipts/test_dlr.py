@@ -108,3 +108,23 @@ def test_a_receipt_finds_its_part_in_the_connectors_id_format(
 )
 def test_unrelated_ids_do_not_match(submitted: str, reported: str) -> None:
     assert receipt_id_key(reported) != canonical_id(submitted)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2611281405", datetime(2026, 11, 28, 14, 5, tzinfo=UTC)),
+        ("261128140559", datetime(2026, 11, 28, 14, 5, 59, tzinfo=UTC)),
+        ("6801010000", datetime(2068, 1, 1, tzinfo=UTC)),  # %y's pivot: 00-68 → 20xx
+        ("6901010000", datetime(1969, 1, 1, tzinfo=UTC)),  # 69-99 → 19xx
+        ("2602301200", None),  # 30 February
+        ("2611282400", None),  # hour 24
+        ("26112814", None),  # too short
+        ("26112814050", None),  # 11 digits: neither form
+        ("2611281405ab", None),
+    ],
+)
+def test_receipt_dates_are_read_as_utc_or_dropped(value: str, expected: datetime | None) -> None:
+    text = f"id:1 sub:001 dlvrd:001 submit date:{value} done date:{value} stat:DELIVRD err:000"
+    receipt = parse_receipt(text.encode())
+    assert (receipt.submit_date, receipt.done_date) == (expected, expected)

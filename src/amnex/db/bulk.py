@@ -21,13 +21,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Column, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from amnex.db.base import UTCDateTime
 from amnex.db.engine import Database, begin_immediate, is_transient_db_error, sqlite_pragmas
 
 
@@ -57,11 +59,29 @@ class _Statement:
         return out
 
 
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    """What `UTCDateTime` and SQLite's DATETIME write, in one C call instead of two steps."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column; use clock.utc_now()")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _converter(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The function that turns a Python value into what the driver stores for `column`."""
+    if dialect.name == "sqlite" and isinstance(column.type, UTCDateTime):
+        return _sqlite_utc_text
+    return cast(Callable[[Any], Any] | None, column.type._cached_bind_processor(dialect))
+
+
 def _compile(table: Table, dialect: Dialect, keys: Sequence[str]) -> _Statement:
     """An INSERT of exactly `keys` (absent columns take their database default, NULL)."""
     compiled = insert(table).inline().compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or keys)
-    processors = [table.c[k].type._cached_bind_processor(dialect) for k in order]
+    processors = [_converter(table.c[k], dialect) for k in order]
     return _Statement(
         sql=compiled.string,
         keys=order,
@@ -210,7 +230,7 @@ def _compile_update(
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     columns_of = [name[2:] for name in names]  # "v_status" -> "status", "k_id" -> "id"
-    processors = [table.c[c].type._cached_bind_processor(dialect) for c in columns_of]
+    processors = [_converter(table.c[c], dialect) for c in columns_of]
     return _Statement(
         sql=compiled.string,
         keys=tuple(columns_of),

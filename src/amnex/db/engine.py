@@ -14,6 +14,7 @@ message content or addresses into a log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -106,12 +108,45 @@ def _sleep_on_the_loop(seconds: float) -> None:
     await_(asyncio.sleep(seconds))
 
 
-def _sqlite_engine(settings: Settings, *, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        settings.database_url,
-        connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
-        hide_parameters=True,
-    )
+class _InlineSqliteConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose calls run on the calling thread, not its own.
+
+    For the writer thread only (`_SqliteWriter`): its event loop does nothing but run one
+    transaction at a time, so a blocking `sqlite3` call there blocks nobody, and running it
+    inline saves the two thread hops aiosqlite makes per call (its queue, then
+    `call_soon_threadsafe` back), which cost more than most of the statements themselves.
+    aiosqlite's own thread still opens the connection and serves the rare calls that
+    SQLAlchemy queues to it directly (setting the isolation level), so the `sqlite3`
+    connection is opened with `check_same_thread=False`; the two threads never use it at the
+    same time, since each of those calls is awaited.
+    """
+
+    async def _execute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+
+def _sqlite_engine(settings: Settings, *, immediate: bool, inline: bool = False) -> AsyncEngine:
+    timeout_s = settings.sqlite_busy_timeout_ms / 1000
+    if inline:
+        database = make_url(settings.database_url).database or ":memory:"
+        connector = functools.partial(
+            sqlite3.connect, database, timeout=timeout_s, check_same_thread=False
+        )
+
+        async def _connect_inline() -> aiosqlite.Connection:
+            connection = _InlineSqliteConnection(connector, iter_chunk_size=64)
+            connection._thread.daemon = True
+            return await connection
+
+        engine = create_async_engine(
+            "sqlite+aiosqlite://", async_creator=_connect_inline, hide_parameters=True
+        )
+    else:
+        engine = create_async_engine(
+            settings.database_url, connect_args={"timeout": timeout_s}, hide_parameters=True
+        )
     pragmas = sqlite_pragmas(settings)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -175,7 +210,7 @@ class _SqliteWriter:
     def _main(self) -> None:
         try:
             asyncio.set_event_loop(self._loop)
-            self._engine = _sqlite_engine(self._settings, immediate=True)
+            self._engine = _sqlite_engine(self._settings, immediate=True, inline=True)
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
             self._turn = asyncio.Lock()
         except BaseException as exc:

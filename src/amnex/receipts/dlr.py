@@ -107,12 +107,24 @@ def parse_receipt_text(text: str) -> dict[str, str]:
 
 
 def _receipt_time(value: str | None) -> datetime | None:
-    """YYMMDDhhmm or YYMMDDhhmmss, read as UTC (carriers rarely say otherwise)."""
+    """YYMMDDhhmm or YYMMDDhhmmss, read as UTC (carriers rarely say otherwise).
+
+    Two-digit years pivot as `strptime`'s %y does (69-99 → 19xx, 00-68 → 20xx). Sliced by
+    hand: one receipt per message makes `strptime` a visible cost on the receipt path.
+    """
     if not value or not value.isdigit() or len(value) not in (10, 12):
         return None
-    fmt = "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M"
+    year = int(value[0:2])
     try:
-        return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+        return datetime(
+            year + (1900 if year >= 69 else 2000),
+            int(value[2:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[8:10]),
+            int(value[10:12]) if len(value) == 12 else 0,
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
 
