@@ -59,15 +59,26 @@ class _Statement:
         return out
 
 
+_LAST_UTC_TEXT: tuple[datetime | None, str | None] = (None, None)
+
+
 def _sqlite_utc_text(value: datetime | None) -> str | None:
-    """What `UTCDateTime` and SQLite's DATETIME write, in one C call instead of two steps."""
+    """What `UTCDateTime` and SQLite's DATETIME write, in one C call instead of two steps.
+
+    A batch stamps most of its rows with the same `now`: the last conversion is kept (as
+    one tuple, swapped whole, so threads never see half of it).
+    """
+    global _LAST_UTC_TEXT
     if value is None:
         return None
+    last = _LAST_UTC_TEXT
+    if value is last[0]:
+        return last[1]
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column; use clock.utc_now()")
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    text = (value.astimezone(UTC) if value.utcoffset() else value).replace(tzinfo=None)
+    _LAST_UTC_TEXT = (value, text.isoformat(" ", "microseconds"))
+    return _LAST_UTC_TEXT[1]
 
 
 def _converter(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
