@@ -8,14 +8,16 @@
     │       ├── InvalidAddress      invalid_address   422
     │       ├── SenderNotAllowed    sender_not_allowed 422
     │       ├── SendAtInPast        send_at_in_past   422
-    │       └── NoRoute             no_route          422
+    │       ├── NoRoute             no_route          422
+    │       └── ConsentEvidenceMissing consent_evidence_missing 422 (`field` names what)
     ├── AuthenticationFailed        unauthorized      401
     ├── PermissionDenied            forbidden         403
     │   └── TlsRequired             tls_required      403
     ├── NotFound                    not_found         404
     ├── Conflict                    conflict          409
     │   ├── IdempotencyKeyReused    idempotency_key_reused 409
-    │   └── InvalidTransition       invalid_status_transition 409
+    │   ├── InvalidTransition       invalid_status_transition 409
+    │   └── ConsentConflictsWithOptOut consent_conflicts_with_opt_out 409
     ├── RateLimited                 rate_limited      429  (carries retry_after_s)
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
         ├── DatabaseUnavailable     database_unavailable 503
@@ -90,6 +92,11 @@ class NoRoute(ValidationFailed):
     title = "No carrier connection can deliver this message"
 
 
+class ConsentEvidenceMissing(ValidationFailed):
+    code = "consent_evidence_missing"
+    title = "The consent lacks the evidence its source requires"
+
+
 class AuthenticationFailed(AmnexError):
     code = "unauthorized"
     status = 401
@@ -127,6 +134,11 @@ class IdempotencyKeyReused(Conflict):
 class InvalidTransition(Conflict):
     code = "invalid_status_transition"
     title = "The message cannot move to that status"
+
+
+class ConsentConflictsWithOptOut(Conflict):
+    code = "consent_conflicts_with_opt_out"
+    title = "The address is on the suppression list"
 
 
 class RateLimited(AmnexError):

@@ -8,6 +8,7 @@ from amnex.db.base import Base
 from amnex.messages import models as messages_models
 from amnex.privacy import audit
 from amnex.receipts import models as receipts_models
+from amnex.recipients import models as recipients_models
 
 __all__ = [
     "Base",
@@ -16,4 +17,5 @@ __all__ = [
     "carriers_models",
     "messages_models",
     "receipts_models",
+    "recipients_models",
 ]
