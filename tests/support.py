@@ -62,10 +62,16 @@ async def make_account(
     rate_limit_per_s: int | None = None,
     name: str = "Shop Example",
     sms_number: str | None = None,
+    compliance: dict[str, Any] | None = None,
 ) -> AccountHandle:
-    """An active account with a key holding every scope and the given verified senders."""
+    """An active account with a key holding every scope and the given verified senders
+    (and `compliance`: its compliance settings, as `PATCH .../compliance` would set them)."""
     async with db.unit_of_work() as session:
-        settings = {"rate_limit_per_s": rate_limit_per_s} if rate_limit_per_s else {}
+        settings: dict[str, Any] = (
+            {"rate_limit_per_s": rate_limit_per_s} if rate_limit_per_s else {}
+        )
+        if compliance is not None:
+            settings["compliance"] = compliance
         account, _, key = await accounts.create_account(
             session,
             business_name=name,

@@ -105,6 +105,19 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often API and worker processes reload routes and connectors."
     )
 
+    # Compliance: the operator's platform-wide rules
+    blocked_countries: str = Field(
+        "", description="Comma-separated ISO 3166 codes no account may send SMS to."
+    )
+    blocked_prefixes: str = Field(
+        "",
+        description="Comma-separated E.164 prefixes blocked for every account, added to the "
+        "built-in premium-rate and fraud-prone ranges.",
+    )
+    exempt_prefixes: str = Field(
+        "", description="Comma-separated E.164 prefixes lifted out of the built-in blocked ranges."
+    )
+
     # Secrets at rest
     master_key: SecretStr | None = Field(
         None,
@@ -128,6 +141,20 @@ class Settings(BaseSettings):
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_private_key_file: Path | None = None
+
+    # Email: unsubscribe and bounces
+    public_url: str | None = Field(
+        None,
+        description="The address recipients reach the API at (e.g. https://amnex.example.com): "
+        "one-click unsubscribe links in marketing email point under it. `amnex dev` defaults "
+        "it to its own address. Without it marketing email waits (temporary `internal_error`).",
+    )
+    unsubscribe_secret: SecretStr | None = Field(
+        None,
+        description="Key material for unsubscribe tokens (at least 32 random characters). "
+        "Unset: the master key; without one, a key derived from `database_url` (weak). "
+        "Changing the key source breaks the links in email already sent.",
+    )
 
     @field_validator("database_url")
     @classmethod

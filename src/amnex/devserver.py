@@ -205,6 +205,9 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
     smsc = SmscSimulator(host="127.0.0.1", port=0)
     await smsc.start()
     settings = dev_settings(data_dir, sink)
+    if settings.public_url is None:
+        # Unsubscribe links in marketing email point at this server.
+        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
     db = Database(settings)
     await upgrade_database(db)
     dev_json = data_dir / "dev.json"

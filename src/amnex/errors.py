@@ -18,7 +18,11 @@
     │   ├── IdempotencyKeyReused    idempotency_key_reused 409
     │   ├── InvalidTransition       invalid_status_transition 409
     │   └── ConsentConflictsWithOptOut consent_conflicts_with_opt_out 409
+    ├── ComplianceRejected          compliance_rejected 422 (carries `rule`; one subclass per
+    │                                rule code: recipient_opted_out, consent_required, ...)
     ├── RateLimited                 rate_limited      429  (carries retry_after_s)
+    │   ├── DailyCapReached         daily_cap_reached 429  (the account's `daily_cap`)
+    │   └── VelocityLimited         velocity_limited  429  (`prefix_velocity_per_minute`)
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
         ├── DatabaseUnavailable     database_unavailable 503
         └── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
@@ -141,6 +145,86 @@ class ConsentConflictsWithOptOut(Conflict):
     title = "The address is on the suppression list"
 
 
+class ComplianceRejected(AmnexError):
+    """A compliance rule refused the message (`compliance.gate`); nothing was stored.
+
+    One subclass per rule code; `for_code` finds it. The problem carries the rule's name.
+    """
+
+    code = "compliance_rejected"
+    status = 422
+    title = "A compliance rule refused the message"
+    _by_code: ClassVar[dict[str, type[ComplianceRejected]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ComplianceRejected._by_code[cls.code] = cls
+
+    @classmethod
+    def for_code(cls, code: str, detail: str, *, rule: str) -> ComplianceRejected:
+        return cls._by_code.get(code, cls)(detail, rule=rule)
+
+
+class NumberTypeNotAllowed(ComplianceRejected):
+    code = "number_type_not_allowed"
+    title = "The destination cannot or may not receive SMS"
+
+
+class DestinationCountryNotAllowed(ComplianceRejected):
+    code = "destination_country_not_allowed"
+    title = "The account may not send to this country"
+
+
+class DestinationBlocked(ComplianceRejected):
+    code = "destination_blocked"
+    title = "The destination is blocked on this platform"
+
+
+class RecipientOptedOut(ComplianceRejected):
+    code = "recipient_opted_out"
+    title = "The recipient opted out"
+
+
+class ConsentRequired(ComplianceRejected):
+    code = "consent_required"
+    title = "Marketing needs the recipient's consent"
+
+
+class ContentForbidden(ComplianceRejected):
+    code = "content_forbidden"
+    title = "The content is not allowed"
+
+
+class LinkShortenerBlocked(ComplianceRejected):
+    code = "link_shortener_blocked"
+    title = "Public link shorteners are blocked"
+
+
+class SenderIdentificationMissing(ComplianceRejected):
+    code = "sender_identification_missing"
+    title = "A first marketing SMS must name the sender"
+
+
+class OptOutLanguageMissing(ComplianceRejected):
+    code = "opt_out_language_missing"
+    title = "A first marketing SMS must say how to opt out"
+
+
+class PostalAddressMissing(ComplianceRejected):
+    code = "postal_address_missing"
+    title = "Marketing email must carry a postal address"
+
+
+class UnsubscribeLinkMissing(ComplianceRejected):
+    code = "unsubscribe_link_missing"
+    title = "Marketing email must carry an unsubscribe link"
+
+
+class NoSendingWindow(ComplianceRejected):
+    code = "no_sending_window"
+    title = "Quiet hours leave no time to send"
+
+
 class RateLimited(AmnexError):
     code = "rate_limited"
     status = 429
@@ -149,6 +233,16 @@ class RateLimited(AmnexError):
     def __init__(self, detail: str | None = None, *, retry_after_s: int, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.retry_after_s = retry_after_s
+
+
+class DailyCapReached(RateLimited):
+    code = "daily_cap_reached"
+    title = "The account's daily sending cap is reached"
+
+
+class VelocityLimited(RateLimited):
+    code = "velocity_limited"
+    title = "Too many messages to this destination prefix"
 
 
 class ServiceUnavailable(AmnexError):

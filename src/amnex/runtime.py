@@ -14,6 +14,7 @@ from typing import Any
 from amnex.api.auth import Authenticator
 from amnex.api.ratelimit import RateLimiter
 from amnex.carriers.routing import RouteCache
+from amnex.compliance.geo import GeoPolicy
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.accept import AcceptWriter
@@ -51,6 +52,7 @@ class Runtime:
     writer: AcceptWriter
     routes: RouteCache
     secret_box: SecretBox
+    geo: GeoPolicy
     # In `amnex dev` only: the simulators, inspectable under /_dev/.
     simulators: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +81,11 @@ class Runtime:
                 db, static_channels=static_channels(settings), ttl_s=settings.route_cache_ttl_s
             ),
             secret_box=SecretBox.from_settings(settings),
+            geo=GeoPolicy.from_settings(
+                blocked_countries=settings.blocked_countries,
+                blocked_prefixes=settings.blocked_prefixes,
+                exempt_prefixes=settings.exempt_prefixes,
+            ),
         )
 
     async def start(self) -> None:

@@ -396,14 +396,19 @@ async def test_validity_period_sets_expires_at(
 
 
 async def test_marketing_category_metadata_and_callback_are_kept(
-    settings: Settings, db: Database, account: AccountHandle
+    settings: Settings, db: Database
 ) -> None:
+    account = await make_account(
+        db,
+        compliance={"require_marketing_consent": False, "postal_address": "1 Main St, Springfield"},
+    )
     async with serve_api(settings, db) as api:
         response = await api.client.post(
             "/v1/messages",
             headers=account.headers,
             json={
                 **EMAIL,
+                "body": "Spring sale.\n1 Main St, Springfield\nUnsubscribe: {{unsubscribe_url}}",
                 "category": "marketing",
                 "status_callback": "https://hooks.shop.example/amnex",
                 "metadata": {"campaign": "spring", "flag": True, "none": None, "ratio": 0.5},

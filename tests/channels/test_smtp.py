@@ -33,6 +33,7 @@ from amnex.channels.smtp import (
 )
 from amnex.clock import utc_now
 from amnex.config import Settings
+from amnex.email.unsubscribe import UnsubscribeClaim, UnsubscribeTokens
 from amnex.simulators.smtp_sink import SmtpSink
 from support import StartSink, server_tls_context
 
@@ -649,3 +650,158 @@ def test_classify_smtp_reply(code: int, text: str, expected: tuple[str, bool]) -
 )
 def test_parse_queue_id(reply: str, queue_id: str | None) -> None:
     assert parse_queue_id(reply) == queue_id
+
+
+# One-click unsubscribe (RFC 8058) on marketing email
+
+PUBLIC_URL = "https://amnex.example.com"
+UNSUBSCRIBE_SECRET = SecretStr("unsubscribe-secret-for-tests-0123456789")
+
+
+async def marketing_channel(
+    sink: SmtpSink, start_channel: StartChannel, **overrides: Any
+) -> SmtpChannel:
+    options: dict[str, Any] = {
+        "public_url": PUBLIC_URL,
+        "unsubscribe_secret": UNSUBSCRIBE_SECRET,
+        **overrides,
+    }
+    return await start_channel(sink.port, **options)
+
+
+def token_of(url: str) -> str:
+    prefix = f"{PUBLIC_URL}/v1/unsubscribe/"
+    assert url.startswith(prefix)
+    return url.removeprefix(prefix)
+
+
+async def test_marketing_email_carries_one_click_unsubscribe_headers_for_its_recipient(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    channel = await marketing_channel(sink, start_channel)
+    message = outbound("Alex@Example.ORG", category="marketing", body="Sale! {{unsubscribe_url}}")
+
+    await channel.send(message)
+
+    [stored] = sink.messages()
+    assert stored["list_unsubscribe_post"] == "List-Unsubscribe=One-Click"
+    header = stored["list_unsubscribe"]
+    assert header.startswith("<")
+    assert header.endswith(">")
+    url = header[1:-1]
+    claim = UnsubscribeTokens.from_settings(Settings(unsubscribe_secret=UNSUBSCRIBE_SECRET)).open(
+        token_of(url)
+    )
+    assert claim == UnsubscribeClaim("acc_1", "email", "Alex@example.org", message.id)
+    assert stored["text"] == f"Sale! {url}\n"
+    raw = sink.raw_message(stored["id"])
+    assert raw is not None
+    # One unfolded line, as mail clients expect to find the URL.
+    assert f"List-Unsubscribe: <{url}>\r\n".encode() in raw
+
+
+async def test_transactional_email_has_no_unsubscribe_headers_and_keeps_its_text(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    channel = await marketing_channel(sink, start_channel)
+
+    await channel.send(outbound(body="Your code: 1234. {{unsubscribe_url}}"))
+
+    [stored] = sink.messages()
+    assert stored["list_unsubscribe"] is None
+    assert stored["list_unsubscribe_post"] is None
+    assert stored["text"] == "Your code: 1234. {{unsubscribe_url}}\n"
+
+
+async def test_marketing_html_placeholder_is_filled_and_the_text_without_one_gets_a_footer(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    channel = await marketing_channel(sink, start_channel)
+    message = outbound(
+        category="marketing",
+        body="Sale today.",
+        html='<p>Sale today.</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>',
+    )
+
+    await channel.send(message)
+
+    [stored] = sink.messages()
+    url = stored["list_unsubscribe"][1:-1]
+    assert stored["html"] == f'<p>Sale today.</p><a href="{url}">Unsubscribe</a>\n'
+    assert stored["text"] == (
+        f"Sale today.\n\nTo unsubscribe from these emails, open this link: {url}\n"
+    )
+
+
+async def test_marketing_html_without_a_placeholder_gets_a_footer_link(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    channel = await marketing_channel(sink, start_channel)
+
+    await channel.send(
+        outbound(category="marketing", body=None, html="<html><body>Sale</body></html>")
+    )
+
+    [stored] = sink.messages()
+    url = stored["list_unsubscribe"][1:-1]
+    assert stored["text"] is None
+    assert f'<a href="{url}">unsubscribe from these emails</a>' in stored["html"]
+    assert stored["html"].endswith("</body></html>\n")
+
+
+def test_every_attempt_at_a_marketing_email_carries_the_same_link() -> None:
+    message = outbound(category="marketing")
+    url = f"{PUBLIC_URL}/v1/unsubscribe/1.{message.id}.x"
+    first = compose_email(message, date=utc_now(), unsubscribe_url=url)
+    later = compose_email(message, date=utc_now(), unsubscribe_url=url)
+
+    assert first.message["List-Unsubscribe"] == later.message["List-Unsubscribe"] == f"<{url}>"
+
+
+async def test_marketing_email_waits_while_public_url_is_missing(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    channel = await start_channel(sink.port)
+
+    with pytest.raises(TemporaryDeliveryError) as error:
+        await channel.send(outbound(category="marketing"))
+    await channel.send(outbound())
+
+    assert error.value.code == "internal_error"
+    assert "public_url" in error.value.message
+    assert len(sink.messages()) == 1
+
+
+async def test_a_public_url_that_cannot_prefix_links_fails_at_start(
+    sink: SmtpSink, start_channel: StartChannel
+) -> None:
+    with pytest.raises(ValueError, match="public_url"):
+        await start_channel(sink.port, public_url="amnex.example.com")
+
+
+async def test_dkim_signature_of_marketing_email_covers_the_unsubscribe_headers(
+    sink: SmtpSink, start_channel: StartChannel, tmp_path: Path
+) -> None:
+    key_file, txt_record = dkim_key(tmp_path)
+    channel = await marketing_channel(
+        sink,
+        start_channel,
+        dkim_domain="example.com",
+        dkim_selector="mail",
+        dkim_private_key_file=key_file,
+    )
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        return txt_record if name == b"mail._domainkey.example.com." else None
+
+    await channel.send(outbound(category="marketing", body="Sale! {{unsubscribe_url}}"))
+
+    [stored] = sink.messages()
+    raw = sink.raw_message(stored["id"])
+    assert raw is not None
+    assert dkim.verify(raw, dnsfunc=dnsfunc)
+    signature = str(message_from_bytes(raw, policy=default_policy)["DKIM-Signature"])
+    signed = re.sub(r"\s+", "", signature).split("h=", 1)[1].split(";", 1)[0].split(":")
+    assert signed[-2:] == ["list-unsubscribe", "list-unsubscribe-post"]
+    tampered = raw.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"X: y")
+    assert not dkim.verify(tampered, dnsfunc=dnsfunc)

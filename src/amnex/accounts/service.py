@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amnex.accounts.models import Account, ApiKey, Operator, Sender
 from amnex.clock import utc_now
 from amnex.compliance.addresses import normalise_phone_number
+from amnex.compliance.policy import AccountCompliance, account_compliance
 from amnex.db.ids import new_id
 from amnex.errors import Conflict, NotFound, ValidationFailed
 from amnex.privacy.audit import record_audit
@@ -59,6 +60,16 @@ class KeyContext:
     account_settings: dict[str, Any]
     senders: dict[str, frozenset[str]] = field(default_factory=dict)
     default_senders: dict[str, str] = field(default_factory=dict)
+    compliance: AccountCompliance | None = None  # None: the defaults, home country US
+
+    @property
+    def rules(self) -> AccountCompliance:
+        """The account's resolved compliance settings."""
+        if self.compliance is None:
+            return account_compliance(
+                self.account_id, country="US", business_name="", settings=self.account_settings
+            )
+        return self.compliance
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +322,12 @@ async def load_key_context(session: AsyncSession, key_hash: str) -> KeyContext |
         account_settings=dict(account.settings),
         senders={channel: frozenset(addrs) for channel, addrs in senders.items()},
         default_senders=defaults,
+        compliance=account_compliance(
+            account.id,
+            country=account.country,
+            business_name=account.business_name,
+            settings=account.settings,
+        ),
     )
 
 

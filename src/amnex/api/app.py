@@ -13,7 +13,17 @@ from starlette.types import Scope
 from amnex import __version__
 from amnex.api.edge import EdgeMiddleware
 from amnex.api.problems import install_problem_handlers
-from amnex.api.routes import admin, carriers, consents, dev, health, keys, messages, optouts
+from amnex.api.routes import (
+    admin,
+    carriers,
+    consents,
+    dev,
+    health,
+    keys,
+    messages,
+    optouts,
+    unsubscribe,
+)
 from amnex.runtime import Runtime
 
 DESCRIPTION = """Send SMS, MMS, email and push notifications through one API.
@@ -53,6 +63,7 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(optouts.router)
     app.include_router(optouts.admin_router)
     app.include_router(consents.router)
+    app.include_router(unsubscribe.router)
     app.include_router(health.router)
     if rt.settings.dev_mode:
         app.include_router(dev.router)

@@ -20,12 +20,20 @@ send is retried once on a fresh connection instead of being reported.
 
 DKIM signing is RSA in pure Python inside dkimpy (several ms per message), so it runs in a
 worker thread to keep the event loop responsive.
+
+Marketing email carries a one-click unsubscribe link (RFC 8058): `List-Unsubscribe: <url>`
+and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, both covered by the DKIM signature
+as RFC 8058 requires, and the same URL in the bodies (`email.unsubscribe`). The URL names the
+recipient and the message in a token that every attempt at the message renders identically.
+There is no `mailto:` form: Amnex has no mailbox that would act on such mail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
+import logging
 import re
 import socket
 import ssl
@@ -48,12 +56,20 @@ from amnex.channels.base import (
     TemporaryDeliveryError,
 )
 from amnex.clock import utc_now
+from amnex.compliance.addresses import normalise_email_address
 from amnex.config import Settings
+from amnex.email.unsubscribe import UnsubscribeTokens, check_public_url, fill_html, fill_text
+from amnex.errors import InvalidAddress
+
+log = logging.getLogger(__name__)
 
 # Bodies always go out as 7-bit (quoted-printable or base64): a relay that downgrades 8-bit
 # content for a peer without 8BITMIME would otherwise break the DKIM body hash.
-_POLICY: Final = email.policy.SMTP.clone(cte_type="7bit")
-_POLICY_UTF8: Final = email.policy.SMTPUTF8.clone(cte_type="7bit")
+# `refold_source="none"` leaves alone only the headers set with `set_raw`: List-Unsubscribe,
+# whose long URL the folder would otherwise turn into RFC 2047 encoded words, which no mail
+# client reads as a URL. Headers set by item assignment are folded as before.
+_POLICY: Final = email.policy.SMTP.clone(cte_type="7bit", refold_source="none")
+_POLICY_UTF8: Final = email.policy.SMTPUTF8.clone(cte_type="7bit", refold_source="none")
 
 DKIM_SIGNED_HEADERS: Final = (
     b"from",
@@ -64,6 +80,9 @@ DKIM_SIGNED_HEADERS: Final = (
     b"mime-version",
     b"content-type",
 )
+# Signed too when present, as RFC 8058 requires of a one-click unsubscribe.
+DKIM_SIGNED_UNSUBSCRIBE_HEADERS: Final = (b"list-unsubscribe", b"list-unsubscribe-post")
+ONE_CLICK: Final = "List-Unsubscribe=One-Click"
 
 # Enhanced status code (RFC 3463) at the start of a reply; Exchange prefixes it with "#".
 _ENHANCED_STATUS = re.compile(r"^\s*#?([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
@@ -144,12 +163,15 @@ class ComposedEmail:
     smtputf8: bool
 
 
-def compose_email(message: OutboundMessage, *, date: datetime) -> ComposedEmail:
+def compose_email(
+    message: OutboundMessage, *, date: datetime, unsubscribe_url: str | None = None
+) -> ComposedEmail:
     """Build the email for a message, or raise PermanentDeliveryError if it cannot be built.
 
     `date` is when this attempt leaves: a Date far in the past (a retry a day later, a
     scheduled send) is a spam signal. The Message-ID is derived from the message id, so
-    every attempt carries the same one.
+    every attempt carries the same one. With `unsubscribe_url` (marketing email), the RFC 8058
+    headers name it and the bodies carry it (placeholders filled, else a footer).
     """
     sender = _parse_mailbox(message.from_addr, "from")
     recipient = _parse_mailbox(message.to_addr, "to")
@@ -164,13 +186,22 @@ def compose_email(message: OutboundMessage, *, date: datetime) -> ComposedEmail:
         email_message["Date"] = format_datetime(date)
         email_message["Message-ID"] = message_id
         email_message["X-Amnex-Message-Id"] = message.id
-        if message.html is not None and message.body is not None:
-            email_message.set_content(message.body)
-            email_message.add_alternative(message.html, subtype="html")
-        elif message.html is not None:
-            email_message.set_content(message.html, subtype="html")
+        text, html = message.body, message.html
+        if unsubscribe_url is not None:
+            # One line however long (at most 998 octets): see `_POLICY`.
+            email_message.set_raw("List-Unsubscribe", f"<{unsubscribe_url}>")
+            email_message.set_raw("List-Unsubscribe-Post", ONE_CLICK)
+            if text is not None or html is None:
+                text = fill_text(text or "", unsubscribe_url)
+            if html is not None:
+                html = fill_html(html, unsubscribe_url)
+        if html is not None and text is not None:
+            email_message.set_content(text)
+            email_message.add_alternative(html, subtype="html")
+        elif html is not None:
+            email_message.set_content(html, subtype="html")
         else:
-            email_message.set_content(message.body or "")
+            email_message.set_content(text or "")
         raw = email_message.as_bytes()
     except ValueError as exc:
         # A line break in the subject, or text that is not encodable (lone surrogates,
@@ -225,15 +256,15 @@ class _DkimKey:
     selector: bytes
     private_key: bytes
 
-    def sign(self, raw: bytes) -> bytes:
-        """The message with a DKIM-Signature header in front."""
+    def sign(self, raw: bytes, headers: tuple[bytes, ...] = DKIM_SIGNED_HEADERS) -> bytes:
+        """The message with a DKIM-Signature header in front, covering `headers`."""
         signature: bytes = dkim.sign(
             raw,
             self.selector,
             self.domain,
             self.private_key,
             canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=list(DKIM_SIGNED_HEADERS),
+            include_headers=list(headers),
         )
         return signature + raw
 
@@ -254,6 +285,8 @@ class SmtpChannel:
         self._dkim: _DkimKey | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._helo_name: str | None = settings.smtp_helo_name
+        self._unsubscribe: UnsubscribeTokens | None = None
+        self._public_url: str | None = None
         self._started = False
         self._closed = False
 
@@ -272,17 +305,64 @@ class SmtpChannel:
             # aiosmtplib would look the name up on every new connection; once is enough.
             self._helo_name = await asyncio.to_thread(socket.getfqdn)
         self._dkim = await _load_dkim_key(settings)
+        await self._load_unsubscribe()
         self._started = True
+
+    async def _load_unsubscribe(self) -> None:
+        """The unsubscribe token key and the links' base URL; warn about what is missing."""
+        settings = self._settings
+        if settings.public_url is not None:
+            self._public_url = check_public_url(settings.public_url)
+        else:
+            log.warning(
+                "public_url is not set: marketing email cannot carry an unsubscribe link and "
+                "waits until it is (set AMNEX_PUBLIC_URL on API and worker processes)"
+            )
+        # Reads the master key file, if that is the key source.
+        self._unsubscribe = await asyncio.to_thread(UnsubscribeTokens.from_settings, settings)
+        if self._unsubscribe.key_source == "database_url":
+            log.warning(
+                "unsubscribe links are sealed with a key derived from database_url: set "
+                "AMNEX_UNSUBSCRIBE_SECRET (or a master key) before sending marketing email"
+            )
+
+    def unsubscribe_url(self, message: OutboundMessage) -> str | None:
+        """The one-click unsubscribe URL for a marketing message; None for other categories.
+
+        Raises TemporaryDeliveryError while `public_url` is missing: the operator can add it
+        and the message then goes out, with its link.
+        """
+        if message.category != "marketing":
+            return None
+        if self._unsubscribe is None or self._public_url is None:
+            raise TemporaryDeliveryError(
+                "internal_error",
+                "marketing email needs an unsubscribe link and public_url is not set",
+            )
+        address = _parse_mailbox(message.to_addr, "to").addr_spec
+        # Stored messages carry normalised addresses; keep anything else as written.
+        with contextlib.suppress(InvalidAddress):
+            address = normalise_email_address(address, field="to")
+        return self._unsubscribe.url(
+            self._public_url,
+            account_id=message.account_id,
+            address=address,
+            message_id=message.id,
+        )
 
     async def send(self, message: OutboundMessage) -> SubmitResult:
         if not self._started or self._closed:
             state = "closed" if self._closed else "not started"
             raise TemporaryDeliveryError("connection_error", f"the email channel is {state}")
-        composed = compose_email(message, date=utc_now())
+        unsubscribe_url = self.unsubscribe_url(message)
+        composed = compose_email(message, date=utc_now(), unsubscribe_url=unsubscribe_url)
         raw = composed.raw
         if self._dkim is not None:
+            headers: tuple[bytes, ...] = DKIM_SIGNED_HEADERS
+            if unsubscribe_url is not None:
+                headers += DKIM_SIGNED_UNSUBSCRIBE_HEADERS
             try:
-                raw = await asyncio.to_thread(self._dkim.sign, raw)
+                raw = await asyncio.to_thread(self._dkim.sign, raw, headers)
             except dkim.DKIMException as exc:
                 raise PermanentDeliveryError(
                     "invalid_message", f"DKIM signing failed: {exc}"

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Column, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect, make_url
@@ -31,6 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.db.base import UTCDateTime
 from amnex.db.engine import Database, begin_immediate, is_transient_db_error, sqlite_pragmas
+
+Batches = Sequence[tuple[Table, Sequence[dict[str, Any]]]]
+R = TypeVar("R")
+
+
+def _no_read_sqlite(_conn: sqlite3.Connection) -> None:
+    return None
+
+
+async def _no_read_postgres(_driver: Any) -> None:
+    return None
 
 
 class BatchConflict(Exception):
@@ -117,8 +128,35 @@ class BulkInserter:
             # One thread owns the connection: sqlite3 objects must stay on their thread.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-insert")
 
-    async def insert(self, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
+    async def insert(self, batches: Batches) -> None:
         """Write every (table, rows) pair in order, in one transaction, or nothing."""
+        await self.insert_after(_no_read_sqlite, _no_read_postgres, lambda _: batches)
+
+    async def insert_after(
+        self,
+        read_sqlite: Callable[[sqlite3.Connection], R],
+        read_postgres: Callable[[Any], Awaitable[R]],
+        make: Callable[[R], Batches],
+    ) -> None:
+        """Read first, then write what `make` builds from the read, in one transaction.
+
+        The read runs on the driver connection inside the transaction (`read_sqlite` on the
+        SQLite connection's own thread, `read_postgres` on the asyncpg connection), so what
+        is written is decided on what the transaction saw. `make` must be pure: on SQLite
+        it runs on the writer's thread.
+        """
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            async with self._gate:
+                await loop.run_in_executor(
+                    self._executor,
+                    self._insert_sqlite,
+                    lambda conn: self._work(make(read_sqlite(conn))),
+                )
+        else:
+            await self._insert_postgres(read_postgres, make)
+
+    def _work(self, batches: Batches) -> list[tuple[_Statement, list[tuple[Any, ...]]]]:
         work = []
         for table, rows in batches:
             # Rows are grouped by the columns they carry: normally all rows share them.
@@ -128,12 +166,7 @@ class BulkInserter:
             for keys, group in groups.items():
                 statement = self._statement(table, keys)
                 work.append((statement, statement.parameters(group)))
-        if self._executor is not None:
-            loop = asyncio.get_running_loop()
-            async with self._gate:
-                await loop.run_in_executor(self._executor, self._insert_sqlite, work)
-        else:
-            await self._insert_postgres(work)
+        return work
 
     def _statement(self, table: Table, keys: tuple[str, ...]) -> _Statement:
         """The compiled INSERT for these columns; rows of one batch share their keys."""
@@ -162,7 +195,10 @@ class BulkInserter:
             conn.execute(pragma)
         return conn
 
-    def _insert_sqlite(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+    def _insert_sqlite(
+        self,
+        prepare: Callable[[sqlite3.Connection], list[tuple[_Statement, list[tuple[Any, ...]]]]],
+    ) -> None:
         if self._sqlite is None:
             self._sqlite = self._connect_sqlite()
         conn = self._sqlite
@@ -173,7 +209,7 @@ class BulkInserter:
                 timeout_s=settings.sqlite_busy_timeout_ms / 1000,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             )
-            for statement, params in work:
+            for statement, params in prepare(conn):
                 conn.executemany(statement.sql, params)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -195,7 +231,9 @@ class BulkInserter:
             self._sqlite.close()
             self._sqlite = None
 
-    async def _insert_postgres(self, work: list[tuple[_Statement, list[tuple[Any, ...]]]]) -> None:
+    async def _insert_postgres(
+        self, read: Callable[[Any], Awaitable[R]], make: Callable[[R], Batches]
+    ) -> None:
         import asyncpg  # type: ignore[import-untyped]
 
         try:
@@ -205,6 +243,7 @@ class BulkInserter:
                 if driver is None:
                     raise BatchUnavailable("the pool gave a closed connection")
                 async with driver.transaction():
+                    work = self._work(make(await read(driver)))
                     for statement, params in work:
                         await driver.executemany(statement.sql, params)
                     if self._notify:

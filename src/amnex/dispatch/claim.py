@@ -7,6 +7,13 @@ end, so one index serves both) — with `FOR UPDATE SKIP LOCKED` on PostgreSQL, 
 workers never take the same row; SQLite has one writer and takes its lock at `BEGIN
 IMMEDIATE`. The claim and its `sending` events commit together.
 
+The claim runs the compliance gate's rules that can change after accept (`gate.recheck`:
+suppression, consent, quiet hours) on what it takes, with one read of opt-outs and
+consents for the whole claim: a message whose recipient opted out meanwhile becomes
+`rejected` with the rule's code, a marketing SMS outside the recipient's hours goes back to
+`scheduled` until they open. Amnex's own keyword replies (`origin`) skip it: a STOP is
+confirmed to the number that just opted out.
+
 Recording an outcome re-reads the row under a lock and applies it only if this worker still
 holds the lease: a worker that lost its lease (it stalled, another worker reclaimed the row)
 cannot overwrite the newer attempt. Every recording is safe to run twice.
@@ -22,12 +29,17 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from amnex.accounts.models import Account
 from amnex.channels.base import OutboundMessage
+from amnex.compliance.gate import Candidate, recheck
+from amnex.compliance.policy import AccountCompliance, account_compliance
+from amnex.compliance.verdict import Allow, Defer, Reject
 from amnex.db.bulk import insert_rows, update_rows
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
 from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
+from amnex.recipients.facts import FactsQuery, facts_session
 
 # record_submitted / record_failed / record_retry, called with the session and keywords.
 Recorder = Callable[..., Awaitable[bool]]
@@ -56,6 +68,7 @@ _CLAIM_COLUMNS = (
     Message.attempts,
     Message.lease_owner,
     Message.event_seq,
+    Message.origin,
 )
 EXPIRED_TEXT = "the validity period ended before the message could be sent"
 
@@ -89,11 +102,17 @@ async def claim_due_messages(
     claimed: list[ClaimedMessage] = []
     leased: list[dict[str, Any]] = []
     expired: list[dict[str, Any]] = []
+    stopped: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    verdicts = await _recheck(session, rows, now=now)
     for row in rows:
         previous = Status(row.status)
         seq = row.event_seq
         status = previous
+        verdict = verdicts.get(row.id)
+        if verdict is not None and not (row.expires_at is not None and row.expires_at <= now):
+            stopped.append(_stopped(row, verdict, now, events))
+            continue
         if previous is Status.SCHEDULED:
             check_transition(status, Status.QUEUED)
             seq, status = seq + 1, Status.QUEUED
@@ -168,12 +187,118 @@ async def claim_due_messages(
                 expires_at=row.expires_at,
             )
         )
-    for changes in (leased, expired):
+    for changes in (leased, expired, *_by_columns(stopped)):
         if changes:
             await update_rows(session, Message, changes, key=("id",))
     if events:
         await insert_rows(session, MessageEvent, events)
     return claimed
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return list(groups.values())
+
+
+async def _account_rules(
+    session: AsyncSession, account_ids: set[str]
+) -> dict[str, AccountCompliance]:
+    rows = await session.execute(
+        select(Account.id, Account.country, Account.business_name, Account.settings).where(
+            Account.id.in_(sorted(account_ids))
+        )
+    )
+    return {
+        row.id: account_compliance(
+            row.id, country=row.country, business_name=row.business_name, settings=row.settings
+        )
+        for row in rows
+    }
+
+
+async def _recheck(
+    session: AsyncSession, rows: Sequence[Any], *, now: datetime
+) -> dict[str, Defer | Reject]:
+    """The gate's verdict for each claimed message it stops or defers (absent: it may go)."""
+    checked = [row for row in rows if row.origin is None]
+    if not checked:
+        return {}
+    accounts = await _account_rules(session, {row.account_id for row in checked})
+    checked = [row for row in checked if row.account_id in accounts]
+    asks = [
+        FactsQuery(
+            account_id=row.account_id,
+            channel=row.channel,
+            address=row.to_addr,
+            consent=row.category == "marketing"
+            and accounts[row.account_id].settings.require_marketing_consent,
+        )
+        for row in checked
+    ]
+    out: dict[str, Defer | Reject] = {}
+    for row, facts in zip(checked, await facts_session(session, asks), strict=True):
+        candidate = Candidate(row.channel, row.to_addr, row.category, None)
+        verdict = recheck(candidate, accounts[row.account_id], facts, now=now)
+        if not isinstance(verdict, Allow):
+            out[row.id] = verdict
+    return out
+
+
+def _stopped(
+    row: Any, verdict: Defer | Reject, now: datetime, events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The change and event for a claimed message the gate rejects or defers."""
+    seq = row.event_seq + 1
+    done = {"lease_owner": None, "lease_until": None}
+    if isinstance(verdict, Defer):
+        check_transition(Status(row.status), Status.SCHEDULED)
+        events.append(
+            event_row(
+                row.id,
+                row.account_id,
+                seq,
+                Status.SCHEDULED,
+                at=now,
+                detail={
+                    "send_at": verdict.until.isoformat(),
+                    "rule": verdict.rule,
+                    "reason": verdict.detail,
+                },
+            )
+        )
+        return {
+            "id": row.id,
+            "status": Status.SCHEDULED.value,
+            "event_seq": seq,
+            "updated_at": now,
+            "next_attempt_at": verdict.until,
+            **done,
+        }
+    check_transition(Status(row.status), Status.REJECTED)
+    events.append(
+        event_row(
+            row.id,
+            row.account_id,
+            seq,
+            Status.REJECTED,
+            at=now,
+            error_code=verdict.code,
+            detail={"rule": verdict.rule, "error_message": verdict.detail},
+        )
+    )
+    return {
+        "id": row.id,
+        "status": Status.REJECTED.value,
+        "event_seq": seq,
+        "updated_at": now,
+        "error_code": verdict.code,
+        "error_message": verdict.detail[:500],
+        "failed_at": now,
+        "next_attempt_at": None,
+        **done,
+    }
 
 
 async def _leased(session: AsyncSession, message_id: str, owner: str) -> Message | None:

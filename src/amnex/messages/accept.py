@@ -11,6 +11,11 @@ message per transaction, so one bad row fails only its own request. A database t
 unavailable is retried with backoff for `accept_db_retry_s`; after that the waiting requests
 get `database_unavailable` (503 with Retry-After) — never a 500, never a half-written message.
 
+The compliance gate finishes here: the writer reads the batch's recipients' opt-outs,
+consents and earlier messages inside the transaction that stores it (`recipients.facts`),
+and each message is stored as the gate decides (`messages.service.apply_gate`) — or not at
+all, its request answered with the rule's 422.
+
 After each commit, `on_commit` is called with the number of messages written (the in-process
 dispatcher's wake-up); on PostgreSQL the transaction also sends `NOTIFY amnex_dispatch`, which
 PostgreSQL delivers to listening workers only if the commit succeeds.
@@ -26,13 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from amnex.db.bulk import BatchConflict, BatchUnavailable, BulkInserter
+from amnex.compliance.gate import RecipientFacts
+from amnex.db.bulk import BatchConflict, Batches, BatchUnavailable, BulkInserter
 from amnex.db.engine import Database
 from amnex.db.models import Base
-from amnex.errors import DatabaseUnavailable, ServiceUnavailable
+from amnex.errors import ComplianceRejected, DatabaseUnavailable, ServiceUnavailable
 from amnex.messages.models import IdempotencyRecord, Message, MessageEvent
-from amnex.messages.service import PreparedMessage
+from amnex.messages.service import PreparedMessage, apply_gate
 from amnex.privacy.logsafe import failure_summary
+from amnex.recipients.facts import facts_asyncpg, facts_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,13 @@ class _Pending:
     future: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Set by the writer: the message as stored (the gate may defer it), or the gate's
+    # rejection (then nothing of it is stored).
+    stored: PreparedMessage = field(init=False)
+    rejected: ComplianceRejected | None = None
+
+    def __post_init__(self) -> None:
+        self.stored = self.message
 
 
 class AcceptWriter:
@@ -100,13 +114,15 @@ class AcceptWriter:
 
     async def submit(
         self, message: PreparedMessage, idempotency: dict[str, Any] | None = None
-    ) -> None:
-        """Return once the message is committed. Raises DuplicateIdempotencyKey or 503s."""
+    ) -> PreparedMessage:
+        """Return the message as stored, once committed. Raises ComplianceRejected (the
+        compliance gate refused it), DuplicateIdempotencyKey, or 503s."""
         if self._closing:
             raise ServiceUnavailable("shutting down; retry on another instance", retry_after_s=1)
         pending = _Pending(message, idempotency)
         self._queue.put_nowait(pending)
         await pending.future
+        return pending.stored
 
     @property
     def backlog(self) -> int:
@@ -147,10 +163,12 @@ class AcceptWriter:
             log.error("accept batch failed: %s", failure_summary(exc))
             _settle(batch[0], exc)
             return
+        stored = 0
         for pending in batch:
-            _settle(pending, None)
-        if self._on_commit is not None:
-            self._on_commit(len(batch))
+            _settle(pending, pending.rejected)
+            stored += pending.rejected is None
+        if self._on_commit is not None and stored:
+            self._on_commit(stored)
 
     async def _write_one(self, pending: _Pending) -> None:
         try:
@@ -165,8 +183,8 @@ class AcceptWriter:
             log.error("accepting a message failed: %s", failure_summary(exc))
             _settle(pending, exc)
             return
-        _settle(pending, None)
-        if self._on_commit is not None:
+        _settle(pending, pending.rejected)
+        if self._on_commit is not None and pending.rejected is None:
             self._on_commit(1)
 
     async def _insert_with_retry(self, batch: list[_Pending]) -> None:
@@ -187,13 +205,31 @@ class AcceptWriter:
                 delay_s = min(delay_s * 2, 0.5)
 
     async def _insert(self, batch: list[_Pending]) -> None:
-        keys = [p.idempotency for p in batch if p.idempotency is not None]
-        await self._inserter.insert(
-            [
+        asks = [p.message.gate.facts for p in batch if p.message.gate is not None]
+
+        def rows(facts: list[RecipientFacts]) -> Batches:
+            found = iter(facts)
+            kept: list[PreparedMessage] = []
+            keys = []
+            for pending in batch:
+                pending.rejected = None
+                if pending.message.gate is not None:
+                    pending.stored, pending.rejected = apply_gate(pending.message, next(found))
+                if pending.rejected is None:
+                    kept.append(pending.stored)
+                    if pending.idempotency is not None:
+                        keys.append(pending.idempotency)
+            return [
                 (_KEYS, keys),
-                (_MESSAGES, [p.message.row for p in batch]),
-                (_EVENTS, [p.message.event for p in batch]),
+                (_MESSAGES, [m.row for m in kept]),
+                (_EVENTS, [m.event for m in kept]),
             ]
+
+        async def read_postgres(driver: Any) -> list[RecipientFacts]:
+            return await facts_asyncpg(driver, asks)
+
+        await self._inserter.insert_after(
+            lambda conn: facts_sqlite(conn, asks), read_postgres, rows
         )
 
 

@@ -20,12 +20,17 @@ class Message(Base):
         # The dispatch queue: claim due rows by status, oldest due first.
         Index(None, "status", "next_attempt_at"),
         Index(None, "account_id", "id"),
+        # The compliance gate's first-contact look-up (and list filters by recipient).
+        Index(None, "account_id", "to_addr"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     channel: Mapped[str] = mapped_column(String(8))
     direction: Mapped[str] = mapped_column(String(8), default="outbound")
+    # Null for a message sent through the API; the kind of reply for one Amnex sends itself
+    # to a recipient's keyword (`opt_out_reply`, `opt_in_reply`, `help_reply`).
+    origin: Mapped[str | None] = mapped_column(String(16))
     from_addr: Mapped[str] = mapped_column(String(400))
     to_addr: Mapped[str] = mapped_column(String(320))
     category: Mapped[str] = mapped_column(String(16))

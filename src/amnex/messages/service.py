@@ -2,7 +2,10 @@
 
 `prepare_message` is pure (no I/O): the accept path validates and builds the row before it is
 handed to the group-commit writer (`messages.accept`), so a rejected request never touches the
-database. Validation does no network look-ups: no DNS at accept time.
+database. Validation does no network look-ups: no DNS at accept time. It also runs the
+compliance gate's pure rules (`compliance.gate.screen`): an address or geo rejection is
+raised here; the rest of the gate is decided by the writer, in the transaction that would
+store the message, once the recipient's opt-outs and consents are read (`apply_gate`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from amnex.accounts.service import KeyContext
 from amnex.carriers.routing import RouteTable
 from amnex.channels.smpp.text import EncodedText, prepare_text, smart_replace
 from amnex.compliance.addresses import normalise_email_address, normalise_phone_number
+from amnex.compliance.gate import Candidate, RecipientFacts, Screened, decide, screen
+from amnex.compliance.geo import DEFAULT_GEO_POLICY, GeoPolicy
+from amnex.compliance.verdict import Defer, Reject
 from amnex.db.ids import looks_like_id, new_id
 from amnex.errors import (
+    ComplianceRejected,
     InvalidAddress,
     InvalidRequest,
     NoRoute,
@@ -37,6 +44,7 @@ from amnex.errors import (
 from amnex.messages.models import Message, MessageEvent
 from amnex.messages.schemas import MessageOut, SendMessageRequest
 from amnex.messages.status import CANCELABLE_STATUSES, Status, check_transition
+from amnex.recipients.facts import FactsQuery
 
 SEND_AT_MAX_AHEAD = timedelta(days=35)
 # A send_at slightly in the past (clock skew, a slow client) means "now", not an error.
@@ -46,11 +54,51 @@ SMS_MAX_CHARACTERS = 1600
 
 
 @dataclass(frozen=True, slots=True)
+class GateCheck:
+    """The part of the compliance gate that waits for the recipient's facts."""
+
+    candidate: Candidate
+    screened: Screened
+    facts: FactsQuery
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedMessage:
     """A validated message ready to insert: the row and its first event."""
 
     row: dict[str, Any]
     event: dict[str, Any]
+    gate: GateCheck | None = None
+
+
+def compliance_error(verdict: Reject) -> ComplianceRejected:
+    return ComplianceRejected.for_code(verdict.code, verdict.detail, rule=verdict.rule)
+
+
+def apply_gate(
+    prepared: PreparedMessage, facts: RecipientFacts
+) -> tuple[PreparedMessage, ComplianceRejected | None]:
+    """The message as it will be stored once the gate has decided, or the rejection.
+
+    A deferral (quiet hours) stores the message `scheduled` until the window opens, with
+    the rule that decided in its first event. Pure: the writer calls it on its own thread.
+    """
+    gate = prepared.gate
+    if gate is None:
+        return prepared, None
+    verdict = decide(gate.candidate, gate.screened, facts)
+    if isinstance(verdict, Reject):
+        return prepared, compliance_error(verdict)
+    if isinstance(verdict, Defer) and verdict.until > prepared.row["next_attempt_at"]:
+        row = {**prepared.row, "status": Status.SCHEDULED.value, "next_attempt_at": verdict.until}
+        detail = {
+            "send_at": verdict.until.isoformat(),
+            "rule": verdict.rule,
+            "reason": verdict.detail,
+        }
+        event = {**prepared.event, "status": Status.SCHEDULED.value, "detail": detail}
+        return PreparedMessage(row=row, event=event, gate=gate), None
+    return prepared, None
 
 
 def normalise_recipient(channel: str, to: str) -> str:
@@ -120,8 +168,10 @@ def prepare_message(
     *,
     now: datetime,
     routes: RouteTable,
+    geo: GeoPolicy = DEFAULT_GEO_POLICY,
 ) -> PreparedMessage:
-    """Validate a send request against the account and build its row. Raises AmnexError."""
+    """Validate a send request against the account and build its row. Raises AmnexError
+    (a compliance rule's rejection as `ComplianceRejected`)."""
     channel = request.channel
     to = normalise_recipient(channel, request.to)
     if channel == "email":
@@ -162,6 +212,29 @@ def prepare_message(
         if send_at > now:
             status = Status.SCHEDULED
             due = send_at
+    account = ctx.rules
+    candidate = Candidate(
+        channel=channel,
+        to=to,
+        category=request.category,
+        body=body,
+        subject=request.subject,
+        html=request.html,
+    )
+    screened = screen(candidate, account, geo=geo, now=due)
+    if screened.early is not None:
+        raise compliance_error(screened.early)
+    gate = GateCheck(
+        candidate,
+        screened,
+        FactsQuery(
+            account_id=ctx.account_id,
+            channel=channel,
+            address=to,
+            consent=screened.needs_consent,
+            first_contact=screened.needs_first_contact,
+        ),
+    )
     expires_at = (
         max(now, send_at or now) + timedelta(seconds=request.validity_period_s)
         if request.validity_period_s
@@ -208,7 +281,10 @@ def prepare_message(
         "error_code": None,
         "detail": {"send_at": due.isoformat()} if status is Status.SCHEDULED else None,
     }
-    return PreparedMessage(row=row, event=event)
+    if screened.flags:
+        flags = [{"code": f.code, "detail": f.detail} for f in screened.flags]
+        event["detail"] = {**(event["detail"] or {}), "flags": flags}
+    return PreparedMessage(row=row, event=event, gate=gate)
 
 
 # Message object field -> column, in the order of DESIGN.md's message object.

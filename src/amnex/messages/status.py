@@ -29,13 +29,19 @@ CLAIMABLE_STATUSES = (Status.SCHEDULED, Status.QUEUED, Status.SENDING)
 
 CANCELABLE_STATUSES = frozenset({Status.SCHEDULED, Status.QUEUED})
 
+# -> scheduled again: the compliance gate deferred a claimed message (quiet hours).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.CANCELED, Status.FAILED, Status.REJECTED}),
-    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELED, Status.FAILED, Status.REJECTED}),
+    Status.SCHEDULED: frozenset(
+        {Status.SCHEDULED, Status.QUEUED, Status.CANCELED, Status.FAILED, Status.REJECTED}
+    ),
+    Status.QUEUED: frozenset(
+        {Status.SCHEDULED, Status.SENDING, Status.CANCELED, Status.FAILED, Status.REJECTED}
+    ),
     # sending -> sending: a worker's lease expired and another worker reclaimed the message.
     # sending -> queued: a temporary error, retried later, or a lease released at shutdown.
     Status.SENDING: frozenset(
         {
+            Status.SCHEDULED,
             Status.SENDING,
             Status.QUEUED,
             Status.SENT,

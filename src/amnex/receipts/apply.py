@@ -39,6 +39,7 @@ from amnex.metrics import INBOUND_MESSAGES, MESSAGES_DELIVERED, RECEIPT_TIMEOUTS
 from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
 from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
 from amnex.receipts.models import InboundPart, PendingReceipt
+from amnex.receipts.replies import act_on_replies
 
 log = logging.getLogger(__name__)
 
@@ -577,6 +578,7 @@ async def store_inbound(
     (the SMSC is told the destination is invalid; nothing is kept)."""
     owners = await owners_of_numbers(session, (item.fragment.destination for item in items))
     stored: list[bool] = []
+    created: list[Message] = []
     for item in items:
         fragment = item.fragment
         account_id = owners.get(fragment.destination)
@@ -586,7 +588,7 @@ async def store_inbound(
             continue
         stored.append(True)
         if not fragment.is_part:
-            _inbound_message(
+            message = _inbound_message(
                 session,
                 account_id=account_id,
                 source=fragment.source,
@@ -597,14 +599,20 @@ async def store_inbound(
                 connector_id=item.connector_id,
                 now=now,
             )
+            created.append(message)
             continue
-        await _store_part(session, item, account_id=account_id, now=now)
+        whole = await _store_part(session, item, account_id=account_id, now=now)
+        if whole is not None:
+            created.append(whole)
+    # Keywords (STOP, START, HELP, "please stop texting me") act in this same transaction.
+    await act_on_replies(session, created, now=now)
     return stored
 
 
 async def _store_part(
     session: AsyncSession, item: ReceivedInbound, *, account_id: str, now: datetime
-) -> None:
+) -> Message | None:
+    """Store one part; the inbound message once this part completes it, else None."""
     fragment = item.fragment
     source, destination, reference, total = fragment_key(fragment)
     await session.flush()  # parts added earlier in this batch are visible to the query
@@ -621,7 +629,7 @@ async def _store_part(
     )
     if any(row.sequence == fragment.sequence for row in rows):
         INBOUND_MESSAGES.labels(outcome="duplicate_part").inc()
-        return
+        return None
     row = InboundPart(
         connector_id=item.connector_id,
         source=source,
@@ -639,9 +647,9 @@ async def _store_part(
     payload = reassemble(fragments)
     if payload is None:
         INBOUND_MESSAGES.labels(outcome="part").inc()
-        return
+        return None
     first = min(rows, key=lambda r: r.sequence)
-    _inbound_message(
+    message = _inbound_message(
         session,
         account_id=account_id,
         source=source,
@@ -655,6 +663,7 @@ async def _store_part(
     await session.flush()
     for r in rows:
         await session.delete(r)
+    return message
 
 
 def _as_fragment(row: InboundPart) -> InboundFragment:

@@ -310,6 +310,8 @@ class SmtpSink:
             "text": _body(parsed, "plain"),
             "html": _body(parsed, "html"),
             "dkim_signature": "DKIM-Signature" in parsed,
+            "list_unsubscribe": _header(parsed, "List-Unsubscribe"),
+            "list_unsubscribe_post": _header(parsed, "List-Unsubscribe-Post"),
             "size": len(raw),
             "bounce": any(outcome_digits(r) == "90" for r in envelope.rcpt_tos),
         }

@@ -6,14 +6,16 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, RootModel, ValidationError
 from sqlalchemy import select
 from starlette.responses import Response
 
 from amnex.accounts import service
 from amnex.accounts.models import Account, ApiKey, Sender
 from amnex.accounts.service import OperatorContext
-from amnex.api.deps import json_response, require_operator, runtime
+from amnex.api.deps import json_body, json_response, require_operator, runtime
+from amnex.compliance.policy import ComplianceSettings
 from amnex.privacy.audit import record_audit
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -270,3 +272,64 @@ async def delete_sender(
         )
     rt.auth.forget()
     return Response(status_code=204)
+
+
+# Compliance settings: what the gate enforces for the account (`compliance.policy`).
+
+
+class _Changes(RootModel[dict[str, Any]]):
+    """Some compliance settings, by name; checked once merged with the current ones."""
+
+
+@router.get("/accounts/{account_id}/compliance", response_model=ComplianceSettings)
+async def get_compliance(request: Request, account_id: str, op: Operator) -> Response:
+    async with runtime(request).db.unit_of_work() as session:
+        account = await service.get_account_or_raise(session, account_id)
+        out = ComplianceSettings.model_validate(account.settings.get("compliance") or {})
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.compliance.read",
+            target_type="account",
+            target_id=account.id,
+        )
+    return json_response(request, out)
+
+
+@router.patch(
+    "/accounts/{account_id}/compliance",
+    response_model=ComplianceSettings,
+    description="Change some of the account's compliance settings: the fields given replace "
+    "the current values (null restores a field's default); the others are kept.",
+)
+async def update_compliance(request: Request, account_id: str, op: Operator) -> Response:
+    changes = (await json_body(request, _Changes)).root
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        account = await service.get_account_or_raise(session, account_id)
+        current = dict(account.settings.get("compliance") or {})
+        for name, value in changes.items():
+            if value is None:
+                current.pop(name, None)
+            else:
+                current[name] = value
+        try:
+            updated = ComplianceSettings.model_validate(current)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        account.settings = {
+            **account.settings,
+            "compliance": updated.model_dump(mode="json", exclude_defaults=True),
+        }
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.compliance.update",
+            target_type="account",
+            target_id=account.id,
+            detail={"fields": sorted(changes)},
+        )
+    rt.auth.forget()
+    return json_response(request, updated)

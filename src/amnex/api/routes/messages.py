@@ -6,12 +6,17 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from amnex.accounts.service import KeyContext
 from amnex.api.deps import authorize, json_body, json_response, require_scope, runtime
+from amnex.api.ratelimit import give_back, take_sending_quota
+from amnex.channels.smpp.text import prepare_text
 from amnex.clock import utc_now
-from amnex.errors import AmnexError, IdempotencyKeyReused, InvalidRequest
+from amnex.compliance.gate import decide
+from amnex.compliance.verdict import Defer, Reject
+from amnex.errors import AmnexError, ComplianceRejected, IdempotencyKeyReused, InvalidRequest
 from amnex.messages import idempotency
 from amnex.messages.accept import DuplicateIdempotencyKey
 from amnex.messages.models import IdempotencyRecord
@@ -25,6 +30,7 @@ from amnex.messages.schemas import (
 )
 from amnex.messages.service import (
     MessageFilter,
+    PreparedMessage,
     cancel_message,
     get_message_or_raise,
     list_events,
@@ -35,6 +41,8 @@ from amnex.messages.service import (
 )
 from amnex.messages.status import Status
 from amnex.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+from amnex.recipients.facts import facts_session
+from amnex.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
@@ -93,7 +101,7 @@ async def send_message(request: Request) -> Response:
         if record is not None:
             return await _replay(request, ctx, record, request_hash)
     try:
-        prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current)
+        prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current, geo=rt.geo)
     except AmnexError as exc:
         MESSAGES_REJECTED.labels(code=exc.code).inc()
         raise
@@ -108,8 +116,16 @@ async def send_message(request: Request) -> Response:
             now=now,
             ttl_s=rt.settings.idempotency_ttl_s,
         )
+    taken = await _take_quota(rt, ctx, prepared, now)
     try:
-        await rt.writer.submit(prepared, idem_row)
+        try:
+            prepared = await rt.writer.submit(prepared, idem_row)
+        except BaseException:
+            await give_back(rt.limiter, taken)  # not stored: not counted
+            raise
+    except ComplianceRejected as exc:
+        MESSAGES_REJECTED.labels(code=exc.code).inc()
+        raise
     except DuplicateIdempotencyKey:
         # A concurrent request with the same key committed first (so both hashes are set).
         record = await idempotency.find_idempotency_record(
@@ -125,6 +141,25 @@ async def send_message(request: Request) -> Response:
         status_code=201,
         headers={"Location": f"/v1/messages/{prepared.row['id']}"},
     )
+
+
+async def _take_quota(
+    rt: Runtime, ctx: KeyContext, prepared: PreparedMessage, now: datetime
+) -> list[tuple[str, int]]:
+    settings = ctx.rules.settings
+    if not (settings.daily_cap or settings.prefix_velocity_per_minute):
+        return []
+    try:
+        return await take_sending_quota(
+            rt.limiter,
+            ctx.rules,
+            channel=prepared.row["channel"],
+            to=prepared.row["to_addr"],
+            now=now,
+        )
+    except AmnexError as exc:
+        MESSAGES_REJECTED.labels(code=exc.code).inc()
+        raise
 
 
 async def _replay(
@@ -143,6 +178,114 @@ async def _replay(
         status_code=record.status_code,
         headers={"Idempotent-Replayed": "true", "Location": f"/v1/messages/{out.id}"},
     )
+
+
+class PreviewVerdict(BaseModel):
+    """What the compliance gate would do with the message now."""
+
+    decision: Literal["send", "defer", "reject"]
+    rule: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    send_at: datetime | None = None
+
+
+class PreviewFlag(BaseModel):
+    code: str
+    detail: str
+
+
+class MessagePreview(BaseModel):
+    """The message as `POST /v1/messages` would store it, and the gate's verdict; nothing
+    is stored."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    channel: Channel
+    to: str
+    from_: str | None = Field(None, alias="from")
+    category: str
+    segments: int | None
+    encoding: str | None
+    encoding_report: dict[str, Any] | None
+    verdict: PreviewVerdict
+    flags: list[PreviewFlag]
+    price: None = Field(None, description="Null until billing exists.")
+
+
+@router.post(
+    "/messages/preview",
+    response_model=MessagePreview,
+    summary="Check a message without sending it",
+    description=(
+        "Runs the whole compliance gate and the SMS encoder on the request, as "
+        "`POST /v1/messages` would, and stores nothing: segments, encoding, the characters "
+        "that forced UCS-2, and which rule would defer or reject it. A malformed request is "
+        "answered with the same 4xx problem as a send."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/SendMessageRequest"}}
+            },
+        },
+        "security": [{"bearer": []}],
+    },
+)
+async def preview_message(request: Request) -> Response:
+    ctx = await authorize(request, "send")
+    body = await json_body(request, SendMessageRequest)
+    rt = runtime(request)
+    now = utc_now()
+    flags: list[PreviewFlag] = []
+    try:
+        prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current, geo=rt.geo)
+    except ComplianceRejected as exc:
+        sms = prepare_text(body.body or "") if body.channel == "sms" else None
+        out = MessagePreview(
+            channel=body.channel,
+            to=body.to,
+            from_=body.from_,
+            category=body.category,
+            segments=sms.segments if sms else None,
+            encoding=sms.encoding if sms else None,
+            encoding_report=None,
+            verdict=PreviewVerdict(
+                decision="reject", rule=exc.extra.get("rule"), code=exc.code, detail=exc.detail
+            ),
+            flags=flags,
+        )
+        return json_response(request, out)
+    row, gate = prepared.row, prepared.gate
+    verdict: PreviewVerdict = PreviewVerdict(decision="send")
+    if gate is not None:
+        async with rt.db.read_session() as session:
+            (facts,) = await facts_session(session, [gate.facts])
+        flags = [PreviewFlag(code=f.code, detail=f.detail) for f in gate.screened.flags]
+        decided = decide(gate.candidate, gate.screened, facts)
+        if isinstance(decided, Reject):
+            verdict = PreviewVerdict(
+                decision="reject", rule=decided.rule, code=decided.code, detail=decided.detail
+            )
+        elif isinstance(decided, Defer) and decided.until > row["next_attempt_at"]:
+            verdict = PreviewVerdict(
+                decision="defer", rule=decided.rule, detail=decided.detail, send_at=decided.until
+            )
+    if verdict.decision == "send" and row["status"] == Status.SCHEDULED.value:
+        verdict = PreviewVerdict(decision="defer", detail="send_at", send_at=row["next_attempt_at"])
+    out = MessagePreview(
+        channel=row["channel"],
+        to=row["to_addr"],
+        from_=row["from_addr"],
+        category=row["category"],
+        segments=row.get("segments"),
+        encoding=row.get("encoding"),
+        encoding_report=row.get("encoding_report"),
+        verdict=verdict,
+        flags=flags,
+    )
+    return json_response(request, out)
 
 
 @router.get("/messages/{message_id}", response_model=MessageOut, summary="Get a message")

@@ -1,0 +1,1 @@
+"""Email: what the email channel needs beyond SMTP — one-click unsubscribe links and tokens."""
