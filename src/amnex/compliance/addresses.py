@@ -10,10 +10,17 @@ else (Unicode, Punycode, quoting, reserved names, oddities) goes to the library.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+from phonenumbers import PhoneMetadata, PhoneNumberType
+from phonenumbers.phonenumberutil import (
+    _number_type_helper,
+    country_code_for_valid_region,
+    national_significant_number,
+)
 
 from amnex.errors import InvalidAddress
 
@@ -53,12 +60,70 @@ def normalise_email_address(address: str, *, field: str) -> str:
     return result.normalized
 
 
-def normalise_phone_number(address: str, *, field: str) -> str:
-    """An E.164 number (`+` and digits) that phonenumbers considers valid."""
+@dataclass(frozen=True, slots=True)
+class PhoneFacts:
+    """What phonenumbers says about a number, worked out once: the address rule, the
+    number-type and geo rules and quiet hours all read it."""
+
+    e164: str
+    number: phonenumbers.PhoneNumber
+    region: str | None  # phonenumbers' region ("001" for international networks), or None
+    type: int  # a phonenumbers.PhoneNumberType; UNKNOWN for an invalid number
+    valid: bool
+
+
+_NON_GEO_REGION = "001"  # phonenumbers' region for international networks (+800, +881...)
+_PHONE_FACTS: dict[str, PhoneFacts] = {}
+_PHONE_FACTS_MAX = 65_536
+
+
+def phone_facts(address: str, *, field: str = "to") -> PhoneFacts:
+    """Parse and classify a number (E.164 or `+`-prefixed), or raise InvalidAddress.
+
+    phonenumbers' own `is_valid_number`, `number_type` and `region_code_for_number` each
+    find the number's region again, which for +1 means matching it against every NANP
+    country's patterns: here that happens once per number, and the answer is kept (a bounded
+    cache, cleared when full) for the rules that ask next.
+    """
+    cached = _PHONE_FACTS.get(address)
+    if cached is not None:
+        return cached
     try:
         number = phonenumbers.parse(address, None)
     except phonenumbers.NumberParseException as exc:
         raise InvalidAddress(f"{field}: not an E.164 number ({exc})", field=field) from exc
-    if not phonenumbers.is_valid_number(number):
+    region = phonenumbers.region_code_for_number(number)
+    metadata = (
+        PhoneMetadata.metadata_for_region_or_calling_code(number.country_code or 0, region)
+        if region is not None
+        else None
+    )
+    kind = (
+        _number_type_helper(national_significant_number(number), metadata)
+        if metadata is not None
+        else PhoneNumberType.UNKNOWN
+    )
+    valid = (
+        region is not None
+        and metadata is not None
+        and (
+            region == _NON_GEO_REGION
+            or number.country_code == country_code_for_valid_region(region)
+        )
+        and kind != PhoneNumberType.UNKNOWN
+    )
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    facts = PhoneFacts(e164=e164, number=number, region=region, type=kind, valid=valid)
+    if len(_PHONE_FACTS) >= _PHONE_FACTS_MAX:
+        _PHONE_FACTS.clear()
+    _PHONE_FACTS[address] = facts
+    _PHONE_FACTS[e164] = facts
+    return facts
+
+
+def normalise_phone_number(address: str, *, field: str) -> str:
+    """An E.164 number (`+` and digits) that phonenumbers considers valid."""
+    facts = phone_facts(address, field=field)
+    if not facts.valid:
         raise InvalidAddress(f"{field}: {address!r} is not a valid phone number", field=field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return facts.e164

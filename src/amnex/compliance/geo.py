@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 
-from amnex.compliance.number_type import NON_GEOGRAPHIC_REGION, parse_e164
+from amnex.compliance.number_type import NON_GEOGRAPHIC_REGION, phone_region
 from amnex.compliance.verdict import (
     ALLOW,
     CODE_DESTINATION_BLOCKED,
@@ -157,7 +157,7 @@ def check_geo(
             RULE_GEO,
             f"{number_e164} is in {prefix}, a range blocked on this platform",
         )
-    country = phonenumbers.region_code_for_number(parse_e164(number_e164))
+    country = phone_region(number_e164)
     place = "no country" if country is None else country
     if country in policy.blocked_countries:
         return Reject(

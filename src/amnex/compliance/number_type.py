@@ -26,9 +26,9 @@ The detail of every rejection names the phonenumbers type, e.g. `FIXED_LINE`.
 
 from __future__ import annotations
 
-import phonenumbers
 from phonenumbers import PhoneNumber, PhoneNumberType
 
+from amnex.compliance.addresses import PhoneFacts, phone_facts
 from amnex.compliance.verdict import (
     ALLOW,
     CODE_DESTINATION_BLOCKED,
@@ -63,17 +63,23 @@ def parse_e164(number_e164: str) -> PhoneNumber:
     The rules run after the address rule, so a failure here is a caller's mistake; it raises
     rather than answering a verdict so that it can never be mistaken for an allow.
     """
+    return _facts(number_e164).number
+
+
+def _facts(number_e164: str) -> PhoneFacts:
     if not number_e164.startswith("+"):
         raise InvalidAddress(f"to: {number_e164!r} is not an E.164 number", field="to")
-    try:
-        return phonenumbers.parse(number_e164, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidAddress(f"to: not an E.164 number ({exc})", field="to") from exc
+    return phone_facts(number_e164)
 
 
 def number_type_name(number_e164: str) -> str:
     """phonenumbers' name for the number's type: `MOBILE`, `FIXED_LINE`, `TOLL_FREE`..."""
-    return _TYPE_NAMES[phonenumbers.number_type(parse_e164(number_e164))]
+    return _TYPE_NAMES[_facts(number_e164).type]
+
+
+def phone_region(number_e164: str) -> str | None:
+    """phonenumbers' region for the number (`"001"` for international networks), or None."""
+    return _facts(number_e164).region
 
 
 def region_for_number(number_e164: str) -> str | None:
@@ -83,7 +89,7 @@ def region_for_number(number_e164: str) -> str | None:
     numbers phonenumbers cannot place. Crown dependencies and territories are their own
     countries, as in ISO 3166: +44 7781 is `GG` (Guernsey), not `GB`.
     """
-    region = phonenumbers.region_code_for_number(parse_e164(number_e164))
+    region = _facts(number_e164).region
     if region is None or region == NON_GEOGRAPHIC_REGION:
         return None
     return str(region)
@@ -91,7 +97,7 @@ def region_for_number(number_e164: str) -> str | None:
 
 def check_number_type(number_e164: str, *, allow_landline: bool = False) -> Verdict:
     """Allow, or reject a destination whose kind of number cannot or may not receive SMS."""
-    number_type = phonenumbers.number_type(parse_e164(number_e164))
+    number_type = _facts(number_e164).type
     name = _TYPE_NAMES[number_type]
     if number_type in _SMS_CAPABLE:
         return ALLOW

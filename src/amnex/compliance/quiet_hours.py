@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
-from amnex.compliance.number_type import NON_GEOGRAPHIC_REGION, parse_e164
+from amnex.compliance.number_type import NON_GEOGRAPHIC_REGION, parse_e164, phone_region
 from amnex.compliance.verdict import (
     ALLOW,
     CODE_NO_SENDING_WINDOW,
@@ -162,15 +162,15 @@ _AREA_CODE_STATES: Mapping[str, str] = {
 }
 
 
-def _us_state(number: phonenumbers.PhoneNumber) -> str | None:
-    if phonenumbers.region_code_for_number(number) != "US":
+def _us_state(number_e164: str) -> str | None:
+    if phone_region(number_e164) != "US":
         return None
-    return _AREA_CODE_STATES.get(str(number.national_number)[:3])
+    return _AREA_CODE_STATES.get(str(parse_e164(number_e164).national_number)[:3])
 
 
 def state_for_number(number_e164: str) -> str | None:
     """The US state (USPS code, `DC` included) of a US number's area code, else None."""
-    return _us_state(parse_e164(number_e164))
+    return _us_state(number_e164)
 
 
 def zones_for_number(number_e164: str) -> tuple[str, ...]:
@@ -193,10 +193,9 @@ def schedule_for_number(
 ) -> Schedule:
     """The marketing schedule for a number (its US state's, the federal one for the rest of
     the US, the default elsewhere), narrowed to the account's window."""
-    number = parse_e164(number_e164)
-    if phonenumbers.region_code_for_number(number) != "US":
+    if phone_region(number_e164) != "US":
         return _restrict(DEFAULT, account_window)
-    state = _us_state(number)
+    state = _us_state(number_e164)
     schedule = FEDERAL if state is None else STATE_SCHEDULES.get(state, FEDERAL)
     return _restrict(schedule, account_window)
 
