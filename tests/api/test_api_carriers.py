@@ -437,6 +437,44 @@ async def test_an_account_can_send_sms_as_soon_as_a_route_reaches_the_number(
     assert_problem(removed, 422, "no_route")
 
 
+async def test_sms_to_a_landline_needs_a_route_that_allows_landlines(
+    keyed_settings: Settings, db: Database, operator: dict[str, str]
+) -> None:
+    account = await make_account(
+        db, sms_number="+447400123456", compliance={"allowed_countries": ["GB"]}
+    )
+    landline = {**SMS, "to": "+442079460018"}  # a London number: FIXED_LINE
+    async with serve_api(keyed_settings, db) as api:
+        connector = (
+            await api.client.post("/admin/v1/connectors", headers=operator, json=CONNECTOR)
+        ).json()
+        await api.client.post(
+            "/admin/v1/routes",
+            headers=operator,
+            json={"channel": "sms", "connector_ids": [connector["id"]], "prefix": "44"},
+        )
+        refused = await api.client.post("/v1/messages", headers=account.headers, json=landline)
+        mobile = await api.client.post(
+            "/v1/messages", headers=account.headers, json={**SMS, "to": "+447400123457"}
+        )
+        route = await api.client.post(
+            "/admin/v1/routes",
+            headers=operator,
+            json={
+                "channel": "sms",
+                "connector_ids": [connector["id"]],
+                "prefix": "4420",
+                "allow_landline": True,
+            },
+        )
+        accepted = await api.client.post("/v1/messages", headers=account.headers, json=landline)
+    problem = assert_problem(refused, 422, "number_type_not_allowed")
+    assert problem["rule"] == "number_type"
+    assert mobile.status_code == 201, mobile.text
+    assert route.json()["allow_landline"] is True
+    assert accepted.status_code == 201, accepted.text
+
+
 async def test_a_number_belongs_to_one_account_only(
     keyed_settings: Settings, db: Database, operator: dict[str, str]
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base, JSONType
@@ -48,5 +48,7 @@ class Route(Base):
     prefix: Mapped[str] = mapped_column(String(16), default="")
     connector_ids: Mapped[list[str]] = mapped_column(JSONType)
     priority: Mapped[int] = mapped_column(default=0)
+    # Text-enabled landlines: SMS to numbers typed as landlines go through this route.
+    allow_landline: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime]
     created_by: Mapped[str | None] = mapped_column(String(120))

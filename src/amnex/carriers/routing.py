@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-import phonenumbers
 from sqlalchemy import select
 
 from amnex.carriers.models import Connector, Route
+from amnex.compliance.addresses import phone_facts
 from amnex.db.engine import Database
+from amnex.errors import InvalidAddress
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class RouteEntry:
     prefix: str
     connector_ids: tuple[str, ...]
     priority: int = 0
+    allow_landline: bool = False
 
     def specificity(self) -> tuple[int, int, int, int]:
         return (
@@ -46,12 +47,11 @@ class RouteEntry:
         )
 
 
-@lru_cache(maxsize=4096)
 def region_of(number: str) -> str | None:
     """The ISO region of an E.164 number, or None when it has none."""
     try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse(number))
-    except phonenumbers.NumberParseException:
+        return phone_facts(number).region
+    except InvalidAddress:
         return None
 
 
@@ -116,6 +116,7 @@ async def load_route_table(db: Database, static_channels: frozenset[str]) -> Rou
                 prefix=r.prefix,
                 connector_ids=tuple(r.connector_ids),
                 priority=r.priority,
+                allow_landline=r.allow_landline,
             )
             for r in routes
         ),

@@ -84,6 +84,7 @@ def route_out(route: Route) -> dict[str, Any]:
         "prefix": route.prefix,
         "connector_ids": list(route.connector_ids),
         "priority": route.priority,
+        "allow_landline": route.allow_landline,
         "created_at": route.created_at,
     }
 
@@ -248,6 +249,7 @@ async def create_route(
     country: str | None = None,
     prefix: str = "",
     priority: int = 0,
+    allow_landline: bool = False,
     actor: str,
 ) -> Route:
     if channel not in ROUTED_CHANNELS:
@@ -287,6 +289,7 @@ async def create_route(
         prefix=prefix,
         connector_ids=list(connector_ids),
         priority=priority,
+        allow_landline=allow_landline,
         created_at=utc_now(),
         created_by=actor,
     )

@@ -193,7 +193,8 @@ def prepare_message(
             body = smart_replace(body)[0]
     # Before the sender: an account has no senders on a channel nothing can deliver, and
     # "no default sender" would hide the real reason.
-    if not routes.has_route(channel, ctx.account_id, to):
+    route = routes.best_route(channel, ctx.account_id, to)
+    if route is None and channel not in routes.static_channels:
         if channel in ("email", "sms") and channel not in routes.static_channels:
             detail = f"to: no route for {channel} to this destination"
         else:
@@ -221,7 +222,8 @@ def prepare_message(
         subject=request.subject,
         html=request.html,
     )
-    screened = screen(candidate, account, geo=geo, now=due)
+    allow_landline = route is not None and route.allow_landline
+    screened = screen(candidate, account, geo=geo, now=due, allow_landline=allow_landline)
     if screened.early is not None:
         raise compliance_error(screened.early)
     gate = GateCheck(

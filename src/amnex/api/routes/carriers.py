@@ -103,6 +103,9 @@ class RouteCreate(BaseModel):
     country: str | None = Field(None, description="ISO 3166-1 alpha-2 region of the number.")
     prefix: str = Field("", max_length=16, description="Leading digits of the E.164 number.")
     priority: int = Field(0, ge=-1000, le=1000, description="Breaks ties; higher wins.")
+    allow_landline: bool = Field(
+        False, description="SMS to numbers typed as landlines may use this route."
+    )
 
 
 class RouteOut(BaseModel):
@@ -113,6 +116,7 @@ class RouteOut(BaseModel):
     prefix: str
     connector_ids: list[str]
     priority: int
+    allow_landline: bool
     created_at: datetime
 
 
@@ -221,6 +225,7 @@ async def create_route(request: Request, body: RouteCreate, op: Operator) -> Res
             country=body.country,
             prefix=body.prefix,
             priority=body.priority,
+            allow_landline=body.allow_landline,
             actor=op.actor,
         )
         out = route_out(route)
