@@ -625,6 +625,12 @@ def routes_add(
     ] = None,
     prefix: Annotated[str, typer.Option(help="Only numbers starting with these digits.")] = "",
     priority: Annotated[int, typer.Option(help="Breaks ties between routes; higher wins.")] = 0,
+    allow_landline: Annotated[
+        bool,
+        typer.Option(
+            "--allow-landline", help="The carrier delivers SMS to text-enabled landlines."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Send matching messages to these connectors (the most specific route wins)."""
@@ -639,6 +645,7 @@ def routes_add(
             country=country,
             prefix=prefix,
             priority=priority,
+            allow_landline=allow_landline,
             actor=_actor(),
         )
         return f"route_id: {route.id}"
