@@ -120,6 +120,10 @@ class AccountCompliance:
     home_country: str
     brand: str
     settings: ComplianceSettings = field(default_factory=ComplianceSettings)
+    # The two content policies (US carrier rules or not), built on first use.
+    _policies: dict[bool, ContentPolicy] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def allowed_countries(self) -> frozenset[str]:
@@ -132,31 +136,22 @@ class AccountCompliance:
         return None if hours is None else (hours.start, hours.end)
 
     def content_policy(self, destination_country: str | None) -> ContentPolicy:
-        return _content_policy(self, destination_country in _SHAFT_COUNTRIES)
-
-
-_POLICIES: dict[tuple[int, bool], ContentPolicy] = {}
-
-
-def _content_policy(account: AccountCompliance, shaft: bool) -> ContentPolicy:
-    key = (id(account), shaft)
-    cached = _POLICIES.get(key)
-    if cached is not None and cached.brand == account.brand:
-        return cached
-    s = account.settings
-    policy = ContentPolicy(
-        brand=s.brand_name or account.brand,
-        forbidden_categories=US_CATEGORIES if shaft else frozenset({PHISHING}),
-        shortener_policy=s.link_shorteners,
-        extra_shorteners=frozenset(d.lower() for d in s.extra_shorteners),
-        require_opt_out_on_first_contact=s.require_opt_out_language,
-        postal_address=s.postal_address,
-        postal_address_pattern=s.postal_address_pattern,
-    )
-    if len(_POLICIES) > 10_000:
-        _POLICIES.clear()
-    _POLICIES[key] = policy
-    return policy
+        """The content rules for a message of this account to that country (built once)."""
+        shaft = destination_country in _SHAFT_COUNTRIES
+        policy = self._policies.get(shaft)
+        if policy is None:
+            s = self.settings
+            policy = ContentPolicy(
+                brand=s.brand_name or self.brand,
+                forbidden_categories=US_CATEGORIES if shaft else frozenset({PHISHING}),
+                shortener_policy=s.link_shorteners,
+                extra_shorteners=frozenset(d.lower() for d in s.extra_shorteners),
+                require_opt_out_on_first_contact=s.require_opt_out_language,
+                postal_address=s.postal_address,
+                postal_address_pattern=s.postal_address_pattern,
+            )
+            self._policies[shaft] = policy
+        return policy
 
 
 def account_compliance(

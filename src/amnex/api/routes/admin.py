@@ -308,6 +308,14 @@ async def update_compliance(request: Request, account_id: str, op: Operator) -> 
     async with rt.db.unit_of_work() as session:
         account = await service.get_account_or_raise(session, account_id)
         current = dict(account.settings.get("compliance") or {})
+        unknown = sorted(set(changes) - set(ComplianceSettings.model_fields))
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {"type": "extra_forbidden", "loc": ("body", name), "msg": "unknown field"}
+                    for name in unknown
+                ]
+            )
         for name, value in changes.items():
             if value is None:
                 current.pop(name, None)
