@@ -157,3 +157,16 @@ def test_a_blank_override_means_the_default(blank: str | None) -> None:
     assert opt_out_confirmation("Acme", override=blank) == opt_out_confirmation("Acme")
     assert opt_in_confirmation("Acme", override=blank) == opt_in_confirmation("Acme")
     assert help_reply("Acme", "x", override=blank) == help_reply("Acme", "x")
+
+
+def test_an_accounts_keyword_may_itself_hold_a_politeness_word() -> None:
+    found = classify_reply("Hilfe bitte!", extra_help=["Hilfe bitte"])
+    assert (found.intent, found.matched) == (ReplyIntent.HELP, "HILFE BITTE")
+    assert classify_reply("stop bitte").intent is ReplyIntent.OPT_OUT  # still politeness
+
+
+def test_the_default_help_reply_without_any_contact_leaves_no_gap() -> None:
+    text = help_reply("Shop", "")
+    assert "contact ." not in text
+    assert text.startswith("Shop: ")
+    assert "Reply STOP to opt out" in text

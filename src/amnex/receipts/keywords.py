@@ -182,14 +182,17 @@ def _classify_keyword(
     if len(tokens) > 1 and all(len(token) == 1 for token in tokens):
         tokens = ["".join(tokens)]  # "s t o p", spelt out as the whole message
     core = _keyword_core(tokens)
-    for keywords, intent in (
-        (opt_out, ReplyIntent.OPT_OUT),
-        (opt_in, ReplyIntent.OPT_IN),
-        (help_, ReplyIntent.HELP),
-    ):
-        keyword = _as_keyword(core, keywords)
-        if keyword is not None:
-            return ReplyClassification(intent, "keyword", keyword.upper())
+    # The whole reply first: an account's keyword may itself hold a politeness word
+    # ("Hilfe bitte"); then the reply without politeness around it.
+    for candidate in (tuple(tokens), core):
+        for keywords, intent in (
+            (opt_out, ReplyIntent.OPT_OUT),
+            (opt_in, ReplyIntent.OPT_IN),
+            (help_, ReplyIntent.HELP),
+        ):
+            keyword = _as_keyword(candidate, keywords)
+            if keyword is not None:
+                return ReplyClassification(intent, "keyword", keyword.upper())
     return None
 
 
@@ -431,6 +434,11 @@ DEFAULT_OPT_IN_CONFIRMATION: Final = (
 DEFAULT_HELP_REPLY: Final = (
     "{brand}: For help contact {contact}. Msg&data rates may apply. Reply STOP to opt out."
 )
+# When the account has given no contact at all (it always has an email address, so only a
+# caller that passes none gets this).
+DEFAULT_HELP_REPLY_NO_CONTACT: Final = (
+    "{brand}: Msg&data rates may apply. Msg frequency varies. Reply STOP to opt out."
+)
 
 
 def _render(template: str, *, brand: str, contact: str = "") -> str:
@@ -455,5 +463,6 @@ def opt_in_confirmation(brand: str, *, override: str | None = None) -> str:
 def help_reply(brand: str, contact: str, *, override: str | None = None) -> str:
     """The reply to HELP (CTIA: the sender, a way to reach them — phone, email or URL —,
     "Msg&data rates may apply", how to opt out). `override` may use `{brand}`, `{contact}`."""
-    template = override if override and override.strip() else DEFAULT_HELP_REPLY
+    default = DEFAULT_HELP_REPLY if contact.strip() else DEFAULT_HELP_REPLY_NO_CONTACT
+    template = override if override and override.strip() else default
     return _render(template, brand=brand, contact=contact)

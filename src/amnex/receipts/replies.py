@@ -62,7 +62,7 @@ async def act_on_replies(
     texts = [m for m in inbound if m.body and not (m.meta or {}).get("body_format")]
     if not texts:
         return
-    accounts = await _accounts(session, {m.account_id for m in texts})
+    accounts, contacts = await _accounts(session, {m.account_id for m in texts})
     for message in texts:
         account = accounts.get(message.account_id)
         if account is None:
@@ -77,21 +77,34 @@ async def act_on_replies(
         if found.intent is ReplyIntent.NONE:
             continue
         message.meta = {**(message.meta or {}), "reply_intent": found.intent.value}
-        await _apply(session, message, account, found, now=now)
+        contact = settings.help_contact or contacts.get(message.account_id, "")
+        await _apply(session, message, account, found, contact=contact, now=now)
 
 
-async def _accounts(session: AsyncSession, ids: set[str]) -> dict[str, AccountCompliance]:
-    rows = await session.execute(
-        select(Account.id, Account.country, Account.business_name, Account.settings).where(
-            Account.id.in_(sorted(ids))
+async def _accounts(
+    session: AsyncSession, ids: set[str]
+) -> tuple[dict[str, AccountCompliance], dict[str, str]]:
+    """Each account's compliance settings, and the contact its HELP reply gives when it set
+    none (its phone number, else its email address)."""
+    rows = (
+        await session.execute(
+            select(
+                Account.id,
+                Account.country,
+                Account.business_name,
+                Account.settings,
+                Account.phone,
+                Account.email,
+            ).where(Account.id.in_(sorted(ids)))
         )
-    )
-    return {
+    ).all()
+    rules = {
         row.id: account_compliance(
             row.id, country=row.country, business_name=row.business_name, settings=row.settings
         )
         for row in rows
     }
+    return rules, {row.id: row.phone or row.email or "" for row in rows}
 
 
 async def _apply(
@@ -100,6 +113,7 @@ async def _apply(
     account: AccountCompliance,
     found: ReplyClassification,
     *,
+    contact: str,
     now: datetime,
 ) -> None:
     settings = account.settings
@@ -142,7 +156,6 @@ async def _apply(
                 _reply(session, inbound, text, origin="opt_in_reply", now=now)
         else:
             INBOUND_MESSAGES.labels(outcome="help").inc()
-            contact = settings.help_contact or ""
             text = help_reply(brand, contact, override=settings.help_reply)
             _reply(session, inbound, text, origin="help_reply", now=now)
     except InvalidAddress:
