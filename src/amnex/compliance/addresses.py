@@ -117,7 +117,8 @@ def phone_facts(address: str, *, field: str = "to") -> PhoneFacts:
     if len(_PHONE_FACTS) >= _PHONE_FACTS_MAX:
         _PHONE_FACTS.clear()
     _PHONE_FACTS[address] = facts
-    _PHONE_FACTS[e164] = facts
+    if not number.extension:  # the E.164 text parses to this very number only without one
+        _PHONE_FACTS[e164] = facts
     return facts
 
 

@@ -47,7 +47,8 @@ class ComplianceSettings(BaseModel):
 
     allowed_countries: list[str] | None = Field(
         default=None,
-        description="ISO 3166 codes the account may send SMS to; null means its home country.",
+        description="ISO 3166 codes the account may send SMS to (001: international networks "
+        "such as +800 and +881, if the operator does not block them); null means its home country.",
     )
     allow_landline_sms: bool = Field(
         default=False, description="Send SMS to numbers typed as landlines (text-to-landline)."
@@ -90,7 +91,8 @@ class ComplianceSettings(BaseModel):
     def _countries(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        known = phonenumbers.SUPPORTED_REGIONS
+        # "001": phonenumbers' region for international networks (+800, +881, ...).
+        known = phonenumbers.SUPPORTED_REGIONS | {"001"}
         out = []
         for code in value:
             upper = code.strip().upper()
