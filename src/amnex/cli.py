@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -61,7 +60,9 @@ def _actor() -> str:
 
 
 def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from amnex.logging_setup import configure_logging, configured_log_format
+
+    configure_logging(level, json=configured_log_format() == "json")
 
 
 def _run_service(main: Coroutine[Any, Any, None]) -> None:
@@ -143,6 +144,7 @@ def serve(
         server_header=False,
         access_log=False,
         log_level="info",
+        log_config=None,  # uvicorn's records go to the masked root handler (logging_setup.py)
     )
 
 

@@ -156,6 +156,42 @@ class Settings(BaseSettings):
         "Changing the key source breaks the links in email already sent.",
     )
 
+    # Email: the bounce receiver (VERP envelope senders, DSN and ARF reports)
+    bounce_domain: str | None = Field(
+        None,
+        max_length=200,
+        # Two or more ASCII labels (an IDN in its xn-- form): it goes into MAIL FROM as is.
+        pattern=(
+            r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+            r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+        ),
+        description="Send email with the envelope sender `bounces+<message id>@<bounce_domain>` "
+        "(VERP), so that bounces and complaints name their message; the domain's MX must lead "
+        "to the bounce receiver. Unset: the From address is the envelope sender, as before.",
+    )
+    bounce_listen_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="`amnex worker` runs the bounce receiver (an SMTP server) on this port when "
+        "set (0: any free port). Needs `bounce_domain`.",
+    )
+    bounce_listen_host: str = Field(
+        "127.0.0.1", description="The address the bounce receiver listens on."
+    )
+    bounce_max_message_bytes: int = Field(
+        1_048_576,
+        ge=10_240,
+        description="Mail to the bounce receiver larger than this is refused (552).",
+    )
+
+    # Logging
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text`: a line for people; `json`: one JSON object per line, for a log "
+        "collector. Either way addresses are masked and message content is dropped.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

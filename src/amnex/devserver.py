@@ -3,7 +3,8 @@
 Runs migrations, bootstraps the demo account (idempotent: credentials in `dev.json` are
 reused while they are valid), starts the SMTP sink and the SMSC simulator, points the
 `dev-smsc` connector and a platform-wide SMS route at the simulator, starts the API and a
-worker (dispatcher, receipts, sweeps) that the accept writer wakes in-process, and writes
+worker (dispatcher, receipts, sweeps, the bounce receiver on a free loopback port) that the
+accept writer wakes in-process, points the sink's bounces at that receiver, and writes
 `<data-dir>/dev.json`. Connector passwords are sealed with `<data-dir>/master.key`, created
 on first run, unless a master key is configured.
 """
@@ -44,6 +45,7 @@ DEMO_SMS_SENDER = "+15005550006"
 DEMO_RATE_LIMIT_PER_S = 100_000
 DEV_ACTOR = "dev:bootstrap"
 DEV_CONNECTOR = "dev-smsc"
+DEV_BOUNCE_DOMAIN = "bounces.amnex.localhost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,11 @@ def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
         receipt_wait_s=60.0,
         receipt_grace_s=5.0,
         route_cache_ttl_s=1.0,
+        # Email goes out with VERP envelope senders; the worker's bounce receiver takes the
+        # sink's DSNs (for `...90@` addresses) on a free loopback port.
+        bounce_domain=DEV_BOUNCE_DOMAIN,
+        bounce_listen_host="127.0.0.1",
+        bounce_listen_port=0,
         **overrides,
     )
 
@@ -215,6 +222,8 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
     await bootstrap_smsc_route(db, SecretBox.from_settings(settings), smsc)
 
     worker = await WorkerParts.start(settings, db)
+    if worker.bounce_receiver is not None:
+        sink.send_bounces_to(worker.bounce_receiver.host, worker.bounce_receiver.port)
     dispatcher = build_dispatcher(
         settings, db, worker.channels, poll_interval_s=settings.poll_interval_s
     )
@@ -228,6 +237,7 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
             host=host,
             port=port,
             log_level=log_level,
+            log_config=None,  # uvicorn's records go to the masked root handler (logging_setup.py)
             access_log=False,
             server_header=False,
             lifespan="on",

@@ -40,3 +40,8 @@ INBOUND_MESSAGES = Counter(
 RECEIPT_TIMEOUTS = Counter(
     "amnex_receipt_timeouts_total", "Sent messages that never had a receipt (receipt_timeout)"
 )
+EMAIL_BOUNCES = Counter(
+    "amnex_email_bounces_total",
+    "Reports received by the bounce receiver, by kind (hard, soft, complaint, unmatched)",
+    ["kind"],
+)

@@ -20,6 +20,7 @@ from amnex.db.engine import Database
 from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
+from amnex.email.receiver import BounceReceiver
 from amnex.messages.idempotency import purge_expired_idempotency_keys
 from amnex.receipts.sweeper import sweep_forever
 from amnex.receipts.writer import DeliveryWriter
@@ -86,6 +87,8 @@ class WorkerParts:
     deliveries: DeliveryWriter
     channels: dict[str, Channel]
     chores: list[asyncio.Task[None]] = field(default_factory=list)
+    # The SMTP server for bounces and complaints, when `bounce_listen_port` is set.
+    bounce_receiver: BounceReceiver | None = None
 
     @classmethod
     async def start(cls, settings: Settings, db: Database) -> WorkerParts:
@@ -99,6 +102,14 @@ class WorkerParts:
         for channel in channels.values():
             await channel.start()
         parts = cls(routes, deliveries, channels)
+        if settings.bounce_listen_port is not None:
+            try:
+                parts.bounce_receiver = BounceReceiver(settings, db)
+                await parts.bounce_receiver.start()
+            except BaseException:
+                parts.bounce_receiver = None
+                await parts.close()
+                raise
         parts.chores = [
             asyncio.create_task(housekeeping(db), name="housekeeping"),
             asyncio.create_task(sweep_forever(db, settings), name="receipt-sweep"),
@@ -106,6 +117,9 @@ class WorkerParts:
         return parts
 
     async def close(self) -> None:
+        if self.bounce_receiver is not None:
+            # First, while the database is still there; a report not yet answered is resent.
+            await self.bounce_receiver.stop()
         for chore in self.chores:
             chore.cancel()
         for chore in self.chores:

@@ -25,13 +25,25 @@ def test_the_statuses_are_exactly_those_of_the_design() -> None:
     }  # fmt: skip
 
 
+# The one way out of a final status: an email bounce after the recipient server's 250.
+BOUNCE_EDGE = (Status.DELIVERED, Status.UNDELIVERED)
+
+
 @pytest.mark.parametrize("final", sorted(FINAL_STATUSES))
-def test_a_final_status_never_changes(final: Status) -> None:
+def test_a_final_status_never_changes_but_for_a_bounce(final: Status) -> None:
     assert is_final(final)
     for target in Status:
+        if (final, target) == BOUNCE_EDGE:
+            continue
         assert not can_transition(final, target)
         with pytest.raises(InvalidTransition):
             check_transition(final, target)
+
+
+def test_only_undelivered_follows_delivered() -> None:
+    assert TRANSITIONS[Status.DELIVERED] == frozenset({Status.UNDELIVERED})
+    check_transition(*BOUNCE_EDGE)
+    assert TRANSITIONS[Status.UNDELIVERED] == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -50,6 +62,8 @@ def test_a_final_status_never_changes(final: Status) -> None:
         (Status.SENT, Status.DELIVERED, True),
         (Status.SENT, Status.QUEUED, False),
         (Status.SENT, Status.SENDING, False),
+        (Status.DELIVERED, Status.UNDELIVERED, True),  # an email bounce
+        (Status.DELIVERED, Status.FAILED, False),
     ],
 )
 def test_transition_table(current: Status, target: Status, allowed: bool) -> None:

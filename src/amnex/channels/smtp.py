@@ -7,10 +7,13 @@ after a refusal followed by a successful RSET. Anything else (a disconnect, a ti
 cancelled send, a failed RSET) closes it, so a half-finished transaction is never reused.
 
 Outcomes. A 250 to DATA means the recipient's side has taken responsibility for the mail, so
-the result is final (`delivered`); later bounces arrive as receipts. Replies are classified by
-`classify_smtp_reply` (pure, table-tested). Failures to open a session (connect, TLS, EHLO,
-AUTH) are temporary whatever their code: they say nothing about this message, and the operator
-can fix them while the dispatcher keeps retrying.
+the result is final (`delivered`); later bounces arrive as receipts. With `bounce_domain` set,
+the envelope sender is `bounces+<message id>@<bounce_domain>` (VERP), so each bounce or
+complaint names its message, and the bounce receiver (`email.receiver`) turns a hard bounce
+into `undelivered`; without it, the envelope sender is the From address, as before. Replies
+are classified by `classify_smtp_reply` (pure, table-tested). Failures to open a session
+(connect, TLS, EHLO, AUTH) are temporary whatever their code: they say nothing about this
+message, and the operator can fix them while the dispatcher keeps retrying.
 
 Exactly once. A connection that dies after the message body was sent but before the final
 reply leaves the outcome unknown; the error is temporary (the dispatcher retries) and carries
@@ -95,6 +98,8 @@ _UNKNOWN_USER_WORDS = re.compile(
 _FULL_WORDS = re.compile(r"mailbox (is )?full|over quota|quota exceeded|insufficient storage", re.I)
 _THROTTLE_WORDS = re.compile(r"rate limit|too many|throttl|exceeded", re.I)
 _HELO_NAME = re.compile(r"[!-~]+")
+# The local part of VERP envelope senders: `bounces+<message id>@<bounce_domain>`.
+VERP_LOCAL_PREFIX: Final = "bounces"
 _QUEUE_ID = re.compile(r"queued as\s+([^\s;,)]+)|\bid=([^\s;,)]+)", re.I)
 
 
@@ -152,6 +157,11 @@ def parse_queue_id(reply_text: str) -> str | None:
     return match.group(1) or match.group(2)
 
 
+def verp_sender(message_id: str, bounce_domain: str) -> str:
+    """The envelope sender that makes bounces name their message (`email.bounces` reads it)."""
+    return f"{VERP_LOCAL_PREFIX}+{message_id}@{bounce_domain}"
+
+
 @dataclass(frozen=True, slots=True)
 class ComposedEmail:
     """An RFC 5322 message, its bytes as they go on the wire, and its SMTP envelope."""
@@ -164,14 +174,19 @@ class ComposedEmail:
 
 
 def compose_email(
-    message: OutboundMessage, *, date: datetime, unsubscribe_url: str | None = None
+    message: OutboundMessage,
+    *,
+    date: datetime,
+    unsubscribe_url: str | None = None,
+    bounce_domain: str | None = None,
 ) -> ComposedEmail:
     """Build the email for a message, or raise PermanentDeliveryError if it cannot be built.
 
     `date` is when this attempt leaves: a Date far in the past (a retry a day later, a
     scheduled send) is a spam signal. The Message-ID is derived from the message id, so
     every attempt carries the same one. With `unsubscribe_url` (marketing email), the RFC 8058
-    headers name it and the bodies carry it (placeholders filled, else a footer).
+    headers name it and the bodies carry it (placeholders filled, else a footer). With
+    `bounce_domain`, the envelope sender is the message's VERP address (`verp_sender`).
     """
     sender = _parse_mailbox(message.from_addr, "from")
     recipient = _parse_mailbox(message.to_addr, "to")
@@ -210,7 +225,7 @@ def compose_email(
             "invalid_message", f"the message cannot be encoded as email: {exc}"
         ) from exc
     return ComposedEmail(
-        sender=sender.addr_spec,
+        sender=verp_sender(message.id, bounce_domain) if bounce_domain else sender.addr_spec,
         recipient=recipient.addr_spec,
         message=email_message,
         raw=raw,
@@ -355,7 +370,12 @@ class SmtpChannel:
             state = "closed" if self._closed else "not started"
             raise TemporaryDeliveryError("connection_error", f"the email channel is {state}")
         unsubscribe_url = self.unsubscribe_url(message)
-        composed = compose_email(message, date=utc_now(), unsubscribe_url=unsubscribe_url)
+        composed = compose_email(
+            message,
+            date=utc_now(),
+            unsubscribe_url=unsubscribe_url,
+            bounce_domain=self._settings.bounce_domain,
+        )
         raw = composed.raw
         if self._dkim is not None:
             headers: tuple[bytes, ...] = DKIM_SIGNED_HEADERS

@@ -52,7 +52,10 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         }
     ),
     Status.SENT: frozenset({Status.DELIVERED, Status.UNDELIVERED, Status.FAILED}),
-    Status.DELIVERED: frozenset(),
+    # delivered -> undelivered: email only, and only a bounce takes it. SMTP delivery is final
+    # at the recipient server's 250; a hard bounce that comes back later (`email.receiver`)
+    # says the mail never reached the mailbox after all.
+    Status.DELIVERED: frozenset({Status.UNDELIVERED}),
     Status.UNDELIVERED: frozenset(),
     Status.FAILED: frozenset(),
     Status.REJECTED: frozenset(),

@@ -5,10 +5,19 @@ caller's event loop (`loop.create_server`, not aiosmtpd's threaded Controller), 
 drive it without threads. Outcomes follow the `amnex dev` contract, keyed on the trailing two
 digits of the recipient's local part:
 
-    ...90@  accepted, then recorded with `bounce: true` (a later bounce makes it undelivered)
+    ...90@  accepted (recorded with `bounce: true`), then bounced: an RFC 3464 DSN
+            (5.1.1 user unknown) goes to the envelope sender, through the bounce relay
     ...91@  RCPT refused: 550 5.1.1 User unknown
     ...92@  RCPT refused with 451 4.3.0 the first time the address is seen, accepted after
     other   accepted: 250 2.0.0 Ok: queued as <hex id>
+
+Bounces. A real server that accepts mail and later finds it cannot deliver it mails a delivery
+status notification to the envelope sender (MAIL FROM), from the null sender. The sink does
+the same, but only to a bounce relay on loopback that the caller names (`bounce_relay`, or
+`send_bounces_to` once it is known: in `amnex dev`, the bounce receiver), never to the
+sender's real domain. Each DSN is tried a bounded number of times with backoff (a 4xx or a
+refused connection is retried, a 5xx is final); `bounces()` reports what became of each.
+Without a relay, or for mail from the null sender (a bounce is never bounced), nothing is sent.
 
 `hold(address)` parks DATA for a recipient without answering until `release(address)`, so a
 test can cut a connection at the one moment where SMTP cannot say whether mail was delivered.
@@ -18,24 +27,36 @@ Stored messages live in memory only; the sink never writes to disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import hmac
+import ipaddress
 import re
 import secrets
 import ssl
 import warnings
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import BytesParser
-from typing import Any
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import format_datetime, make_msgid
+from typing import Any, Final
 
+import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from amnex.clock import utc_now
 
 _TRAILING_DIGITS = re.compile(r"(\d\d)$")
 _GREETING_HOSTNAME = "smtp-sink.amnex.localhost"
+BOUNCE_ATTEMPTS: Final = 8
+BOUNCE_FIRST_RETRY_S: Final = 0.1
+BOUNCE_MAX_RETRY_S: Final = 2.0
+BOUNCE_TIMEOUT_S: Final = 5.0
+BOUNCE_STATUS: Final = "5.1.1"
+_DSN_POLICY: Final = email.policy.SMTP
 
 
 def outcome_digits(address: str) -> str | None:
@@ -103,6 +124,9 @@ class _Handler:
                 await hold.released.wait()
         queue_id = secrets.token_hex(5).upper()
         self._sink._store(queue_id, envelope)
+        bounced = [r for r in envelope.rcpt_tos if outcome_digits(r) == "90"]
+        if bounced:
+            self._sink._bounce_later(envelope.mail_from or "", bounced, envelope)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
@@ -119,6 +143,7 @@ class SmtpSink:
         implicit_tls: bool = False,
         auth: dict[str, str] | None = None,
         max_stored: int = 10_000,
+        bounce_relay: tuple[str, int] | None = None,
     ) -> None:
         if (require_starttls or implicit_tls) and tls_context is None:
             raise ValueError("require_starttls and implicit_tls need a tls_context")
@@ -142,6 +167,11 @@ class SmtpSink:
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._deferred_once: set[str] = set()
         self._holds: dict[str, _Hold] = {}
+        self._bounce_relay: tuple[str, int] | None = None
+        if bounce_relay is not None:
+            self.send_bounces_to(*bounce_relay)
+        self._bounce_tasks: set[asyncio.Task[None]] = set()
+        self._bounces: deque[dict[str, Any]] = deque(maxlen=max_stored)
         self.connection_count = 0
 
     @property
@@ -165,8 +195,34 @@ class SmtpSink:
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
+    def send_bounces_to(self, host: str, port: int) -> None:
+        """Deliver the DSNs of `...90@` mail to the SMTP server at (host, port), on loopback."""
+        if not _is_loopback(host):
+            raise ValueError(f"the sink sends bounces on loopback only, not to {host!r}")
+        if not 0 < port < 65536:
+            raise ValueError(f"not a port: {port}")
+        self._bounce_relay = (host, port)
+
+    def bounces(self) -> list[dict[str, Any]]:
+        """What became of each DSN, oldest first: `to`, `recipients`, `status` (`sending`,
+        `sent` or `failed`), `attempts` and the relay's last `reply`."""
+        return [dict(entry) for entry in self._bounces]
+
+    async def wait_for_bounces(self) -> list[dict[str, Any]]:
+        """`bounces()`, once every DSN under way is sent or given up (wrap in `asyncio.timeout`)."""
+        while pending := [task for task in self._bounce_tasks if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return self.bounces()
+
     async def stop(self) -> None:
-        """Stop listening and close every open connection (parked DATA is dropped unstored)."""
+        """Stop listening and close every open connection (parked DATA is dropped unstored);
+        DSNs still being sent are abandoned."""
+        tasks = list(self._bounce_tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         server, self._server = self._server, None
         if server is None:
             return
@@ -203,6 +259,7 @@ class SmtpSink:
         self._messages.clear()
         self._counts.clear()
         self._deferred_once.clear()
+        self._bounces.clear()
 
     def count_for(self, amnex_message_id: str) -> int:
         """How many times a message with this X-Amnex-Message-Id was accepted.
@@ -320,6 +377,111 @@ class SmtpSink:
             self._counts[amnex_id] = self._counts.get(amnex_id, 0) + 1
             while len(self._counts) > self._max_stored:
                 self._counts.popitem(last=False)
+
+    def _bounce_later(self, mail_from: str, recipients: list[str], envelope: Envelope) -> None:
+        """Send a DSN for `recipients` once DATA has been answered (see the module's note)."""
+        if self._bounce_relay is None or not mail_from or mail_from == "<>":
+            return
+        raw: bytes = envelope.original_content or b""
+        dsn = build_dsn(mail_from, recipients, raw)
+        entry: dict[str, Any] = {
+            "to": mail_from,
+            "recipients": list(recipients),
+            "status": "sending",
+            "attempts": 0,
+            "reply": None,
+        }
+        self._bounces.append(entry)
+        task = asyncio.create_task(self._send_bounce(self._bounce_relay, dsn, entry))
+        self._bounce_tasks.add(task)
+        task.add_done_callback(self._bounce_tasks.discard)
+
+    async def _send_bounce(self, relay: tuple[str, int], dsn: bytes, entry: dict[str, Any]) -> None:
+        host, port = relay
+        delay_s = BOUNCE_FIRST_RETRY_S
+        for attempt in range(1, BOUNCE_ATTEMPTS + 1):
+            entry["attempts"] = attempt
+            client = aiosmtplib.SMTP(
+                hostname=host,
+                port=port,
+                local_hostname=_GREETING_HOSTNAME,
+                timeout=BOUNCE_TIMEOUT_S,
+                start_tls=False,
+            )
+            try:
+                # `aiosmtplib.send` refuses the null sender; a bounce must come from it.
+                async with client:
+                    await client.sendmail("", [entry["to"]], dsn)
+            except aiosmtplib.SMTPResponseException as exc:
+                entry["reply"] = f"{exc.code} {exc.message}"
+                if exc.code >= 500:
+                    break
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refusal = exc.recipients[0] if exc.recipients else None
+                entry["reply"] = f"{refusal.code} {refusal.message}" if refusal else str(exc)
+                if refusal is None or refusal.code >= 500:
+                    break
+            except (OSError, aiosmtplib.SMTPException) as exc:
+                entry["reply"] = str(exc) or type(exc).__name__
+            else:
+                entry["status"], entry["reply"] = "sent", "250"
+                return
+            if attempt < BOUNCE_ATTEMPTS:
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, BOUNCE_MAX_RETRY_S)
+        entry["status"] = "failed"
+
+
+def build_dsn(to: str, recipients: list[str], original: bytes) -> bytes:
+    """An RFC 3464 delivery status notification: `recipients` of the mail `original` were
+    unknown (5.1.1). Sent from the null sender to `to`, with the original's headers."""
+    report = MIMEMultipart("report", report_type="delivery-status", policy=_DSN_POLICY)
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{_GREETING_HOSTNAME}>"
+    report["To"] = to
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = format_datetime(utc_now())
+    report["Message-ID"] = make_msgid(domain=_GREETING_HOSTNAME)
+    report["Auto-Submitted"] = "auto-replied"
+    report.attach(
+        MIMEText(
+            "This is the mail system at host smtp-sink.amnex.localhost.\n\n"
+            "Your message could not be delivered to one or more recipients:\n\n"
+            + "".join(f"<{r}>: User unknown\n" for r in recipients),
+            "plain",
+            policy=_DSN_POLICY,
+        )
+    )
+    status = Message(policy=_DSN_POLICY)
+    status["Content-Type"] = "message/delivery-status"
+    per_message = Message(policy=_DSN_POLICY)
+    per_message["Reporting-MTA"] = f"dns; {_GREETING_HOSTNAME}"
+    per_message["Arrival-Date"] = format_datetime(utc_now())
+    blocks: list[Message | str] = [per_message]
+    for recipient in recipients:
+        block = Message(policy=_DSN_POLICY)
+        block["Final-Recipient"] = f"rfc822; {recipient}"
+        block["Original-Recipient"] = f"rfc822; {recipient}"
+        block["Action"] = "failed"
+        block["Status"] = BOUNCE_STATUS
+        block["Diagnostic-Code"] = (
+            f"smtp; 550 {BOUNCE_STATUS} <{recipient}>: Recipient address rejected: User unknown"
+        )
+        blocks.append(block)
+    status.set_payload(blocks)
+    report.attach(status)
+    headers = BytesHeaderParser(policy=_DSN_POLICY).parsebytes(original)
+    header_text = "".join(f"{name}: {value}\n" for name, value in headers.items())
+    report.attach(MIMEText(header_text, "rfc822-headers", policy=_DSN_POLICY))
+    return report.as_bytes()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _header(message: EmailMessage, name: str) -> str | None:
