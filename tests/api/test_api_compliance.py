@@ -436,3 +436,21 @@ async def test_a_retry_of_a_refused_request_with_its_idempotency_key_is_refused_
     assert accepted.status_code == 201, accepted.text
     assert "idempotent-replayed" not in accepted.headers
     assert await stored_counts(db) == (1, 1, 1)
+
+
+async def test_an_email_opt_out_stops_the_address_in_any_case(
+    api: ApiServer, account: AccountHandle
+) -> None:
+    await api.client.post(
+        "/v1/opt-outs",
+        headers=account.headers,
+        json={"channel": "email", "address": "Dave.Smith@Example.com"},
+    )
+
+    refused = await api.client.post(
+        "/v1/messages",
+        headers=account.headers,
+        json={"channel": "email", "to": "dave.smith@example.com", "subject": "Hi", "body": "Hi"},
+    )
+
+    assert_problem(refused, 422, "recipient_opted_out")

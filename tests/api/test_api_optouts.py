@@ -207,7 +207,7 @@ async def test_the_list_pages_and_filters(
         ["+13125552002", "+13125552001"],
         ["+13125552000"],
     ]
-    assert [o["address"] for o in by_address.json()["data"]] == ["Alex@example.com"]
+    assert [o["address"] for o in by_address.json()["data"]] == ["alex@example.com"]
     assert [o["source"] for o in by_source.json()["data"]] == ["bounce"]
     assert future.json()["data"] == []
     assert assert_problem(naive, 400, "invalid_request")["field"] == "created_after"

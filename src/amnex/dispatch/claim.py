@@ -231,7 +231,7 @@ async def _recheck(
         FactsQuery(
             account_id=row.account_id,
             channel=row.channel,
-            address=row.to_addr,
+            address=row.to_addr.lower() if row.channel == "email" else row.to_addr,
             consent=row.category == "marketing"
             and accounts[row.account_id].settings.require_marketing_consent,
         )

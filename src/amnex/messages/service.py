@@ -232,7 +232,7 @@ def prepare_message(
         FactsQuery(
             account_id=ctx.account_id,
             channel=channel,
-            address=to,
+            address=to.lower() if channel == "email" else to,
             consent=screened.needs_consent,
             first_contact=screened.needs_first_contact,
         ),

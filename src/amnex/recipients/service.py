@@ -103,7 +103,8 @@ _JSON_SAFE_INT = 2**53
 
 
 def normalise_address(channel: str, address: str, *, field: str = "address") -> str:
-    """The stored form of an address: E.164 for sms/mms, the normalised address for email, the
+    """The stored form of an address: E.164 for sms/mms, the normalised address for email
+    (lower-cased), the
     token as given for push; for "all", an address with `@` is email and anything else a phone
     number. Raises InvalidAddress."""
     if channel in ("sms", "mms"):
@@ -113,7 +114,9 @@ def normalise_address(channel: str, address: str, *, field: str = "address") -> 
             raise InvalidAddress(
                 f"{field}: one bare email address, without a display name", field=field
             )
-        return normalise_email_address(address, field=field)
+        # Case folded: mail systems treat the local part case-insensitively in practice, and
+        # an opt-out must not miss `Dave@…` because it was recorded as `dave@…`.
+        return normalise_email_address(address, field=field).lower()
     if channel == ALL_CHANNELS:
         return normalise_phone_number(address, field=field)
     if channel == "push":
