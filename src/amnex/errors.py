@@ -4,6 +4,7 @@
     ├── InvalidRequest              invalid_request  400   (malformed JSON, wrong types, ...)
     │   ├── PayloadTooLarge         payload_too_large 413
     │   ├── UnsupportedMediaType    unsupported_media_type 415
+    │   ├── ReasonRequired          reason_required   400  (an operator read without X-Amnex-Reason)
     │   └── ValidationFailed        validation_failed 422  (field-level detail in `errors`)
     │       ├── InvalidAddress      invalid_address   422
     │       ├── SenderNotAllowed    sender_not_allowed 422
@@ -68,6 +69,12 @@ class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
     status = 415
     title = "The request body is not JSON"
+
+
+class ReasonRequired(InvalidRequest):
+    code = "reason_required"
+    status = 400
+    title = "Say why: send the X-Amnex-Reason header"
 
 
 class ValidationFailed(InvalidRequest):

@@ -22,7 +22,12 @@ def audit_row(i: int) -> dict[str, object]:
     return {
         "id": f"aud_{i:04d}",
         "at": utc_now() - timedelta(hours=i),
-        "actor": "bulk",
+        # Chain fields written as given: this table serves here as any table would.
+        "chain": "bulk",
+        "seq": i + 1,
+        "actor_kind": "bulk",
+        "prev_hash": f"{i:064d}",
+        "hash": f"{i + 1:064d}",
         "action": "test",
         "target_type": "x",
         "target_id": str(i),

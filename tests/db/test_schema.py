@@ -93,8 +93,9 @@ async def test_database_errors_never_carry_message_content(db: Database) -> None
         with pytest.raises(IntegrityError) as caught:
             await conn.execute(
                 text(
-                    "INSERT INTO audit_log (id, at, actor, action, target_type, target_id, detail)"
-                    " VALUES (:id, :at, :actor, 'a', 't', '1', '{}')"
+                    "INSERT INTO audit_log (id, chain, seq, at, actor_kind, action, target_type,"
+                    " target_id, detail, prev_hash, hash)"
+                    " VALUES (:id, 'c', 1, :at, 'k', :actor, 't', '1', '{}', 'p', 'h')"
                 ).bindparams(bindparam("at", type_=UTCDateTime())),
                 [{"id": "dup", "at": datetime(2026, 1, 1, tzinfo=UTC), "actor": secret}] * 2,
             )  # fmt: skip

@@ -15,6 +15,7 @@ from amnex.api.edge import EdgeMiddleware
 from amnex.api.problems import install_problem_handlers
 from amnex.api.routes import (
     admin,
+    audit,
     carriers,
     consents,
     dev,
@@ -63,6 +64,8 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(optouts.router)
     app.include_router(optouts.admin_router)
     app.include_router(consents.router)
+    app.include_router(audit.router)
+    app.include_router(audit.admin_router)
     app.include_router(unsubscribe.router)
     app.include_router(health.router)
     if rt.settings.dev_mode:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from amnex.accounts.service import KeyContext, OperatorContext
-from amnex.errors import InvalidRequest, PermissionDenied, RateLimited, UnsupportedMediaType
+from amnex.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+    ReasonRequired,
+    UnsupportedMediaType,
+)
+from amnex.privacy.audit import REASON_MAX_LENGTH
 from amnex.runtime import Runtime
 
 
@@ -78,6 +85,32 @@ async def json_body(request: Request, model: type[M]) -> M:
 
 async def require_operator(request: Request) -> OperatorContext:
     return await runtime(request).auth.operator(request.headers.get("authorization"))
+
+
+REASON_HEADER = "X-Amnex-Reason"
+
+
+async def require_reason(request: Request) -> str:
+    """Why an operator reads personal data: the `X-Amnex-Reason` header, recorded in the
+    audit entry of the read (e.g. a ticket number). Missing or blank: 400 `reason_required`.
+
+    Declare it after the operator dependency, so an unauthenticated request is a 401 first.
+    """
+    reason = " ".join(request.headers.get(REASON_HEADER, "").split())
+    if not reason:
+        raise ReasonRequired(
+            f"reading personal data through the operator API needs a {REASON_HEADER} header "
+            "saying why (a ticket number, say); it is kept in the audit log"
+        )
+    if len(reason) > REASON_MAX_LENGTH:
+        raise InvalidRequest(
+            f"{REASON_HEADER}: at most {REASON_MAX_LENGTH} characters", field=REASON_HEADER
+        )
+    return reason
+
+
+# The reason as a route parameter: `reason: Reason`.
+Reason = Annotated[str, Depends(require_reason)]
 
 
 def json_response(

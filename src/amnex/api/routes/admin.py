@@ -14,7 +14,7 @@ from starlette.responses import Response
 from amnex.accounts import service
 from amnex.accounts.models import Account, ApiKey, Sender
 from amnex.accounts.service import OperatorContext
-from amnex.api.deps import json_body, json_response, require_operator, runtime
+from amnex.api.deps import Reason, json_body, json_response, require_operator, runtime
 from amnex.compliance.policy import ComplianceSettings
 from amnex.privacy.audit import record_audit
 
@@ -163,35 +163,40 @@ async def create_account(request: Request, body: AccountCreate, op: Operator) ->
 
 
 # Reading accounts shows contact names, emails and phone numbers: personal data, so each read
-# is audited like a change (DESIGN: every staff access to personal data is logged).
+# needs a reason (X-Amnex-Reason) and is audited with it (DESIGN: every staff access to
+# personal data is logged).
 
 
 @router.get("/accounts", response_model=Page[AccountOut])
-async def list_accounts(request: Request, op: Operator) -> Response:
+async def list_accounts(request: Request, op: Operator, reason: Reason) -> Response:
     async with runtime(request).db.unit_of_work() as session:
         rows = list(await session.scalars(select(Account).order_by(Account.id)))
         record_audit(
             session,
             actor=op.actor,
+            actor_id=op.operator_id,
             action="account.list",
             target_type="account",
             target_id="*",
             detail={"count": len(rows)},
+            reason=reason,
         )
         page = Page[AccountOut](data=[account_out(a) for a in rows])
     return json_response(request, page)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut)
-async def get_account(request: Request, account_id: str, op: Operator) -> Response:
+async def get_account(request: Request, account_id: str, op: Operator, reason: Reason) -> Response:
     async with runtime(request).db.unit_of_work() as session:
         account = await service.get_account_or_raise(session, account_id)
         record_audit(
             session,
             actor=op.actor,
+            actor_id=op.operator_id,
             action="account.read",
             target_type="account",
             target_id=account.id,
+            reason=reason,
         )
         out = account_out(account)
     return json_response(request, out)

@@ -23,9 +23,11 @@ from amnex.api.routes.optouts import (
     IdempotentCreate,
     ReadKey,
     WriteKey,
+    audit_read,
     check_time_filters,
     create_idempotently,
     csv_response,
+    export_filters,
     key_actor,
     wants_csv,
 )
@@ -152,12 +154,25 @@ async def list_consents(
                 if after is None:
                     return
 
+        await audit_read(db, ctx, "consent.export", "consent", "*", export_filters(filters))
         return csv_response(request, "consents.csv", CONSENT_COLUMNS, pages())
     async with db.read_session() as session:
         rows, next_cursor = await service.list_consents(
             session, ctx.account_id, filters, limit=limit, cursor=cursor
         )
         page = ConsentList(data=[consent_out(e) for e in rows], next_cursor=next_cursor)
+    await audit_read(
+        db,
+        ctx,
+        "consent.list",
+        "consent",
+        "*",
+        {
+            "count": len(page.data),
+            "ids": [e.id for e in page.data],
+            **({"address": address} if address else {}),
+        },
+    )
     return json_response(request, page)
 
 
@@ -214,6 +229,9 @@ async def verify_consents(request: Request, ctx: ReadKey) -> Response:
 
 @router.get("/consents/{consent_id}", response_model=ConsentOut, summary="Get a consent entry")
 async def get_consent(request: Request, consent_id: str, ctx: ReadKey) -> Response:
-    async with runtime(request).db.read_session() as session:
+    db = runtime(request).db
+    async with db.read_session() as session:
         entry = await service.get_consent_or_raise(session, ctx.account_id, consent_id)
-        return json_response(request, consent_out(entry))
+        out = consent_out(entry)
+    await audit_read(db, ctx, "consent.read", "consent", out.id)
+    return json_response(request, out)

@@ -41,6 +41,7 @@ from amnex.messages.service import (
 )
 from amnex.messages.status import Status
 from amnex.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+from amnex.privacy.audit import record_access
 from amnex.recipients.facts import facts_session
 from amnex.runtime import Runtime
 
@@ -290,9 +291,20 @@ async def preview_message(request: Request) -> Response:
 
 @router.get("/messages/{message_id}", response_model=MessageOut, summary="Get a message")
 async def get_message(request: Request, message_id: str, ctx: ReadKey) -> Response:
-    async with runtime(request).db.read_session() as session:
+    db = runtime(request).db
+    async with db.read_session() as session:
         message = await get_message_or_raise(session, ctx.account_id, message_id)
-        return json_response(request, message_out(message))
+        out = message_out(message)
+    # Personal data read by a client user: audited before it is served (privacy.audit).
+    await record_access(
+        db,
+        actor=f"api_key:{ctx.key_id}",
+        action="message.read",
+        target_type="message",
+        target_id=out.id,
+        account_id=ctx.account_id,
+    )
+    return json_response(request, out)
 
 
 @router.get("/messages", response_model=MessageList, summary="List messages, newest first")
@@ -321,11 +333,27 @@ async def list_messages_route(
         created_after=created_after,
         created_before=created_before,
     )
-    async with runtime(request).db.read_session() as session:
+    db = runtime(request).db
+    async with db.read_session() as session:
         rows, next_cursor = await list_messages(
             session, ctx.account_id, filters, limit=limit, cursor=cursor
         )
         page = MessageList(data=[message_out(m) for m in rows], next_cursor=next_cursor)
+    await record_access(
+        db,
+        actor=f"api_key:{ctx.key_id}",
+        action="message.list",
+        target_type="message",
+        target_id="*",
+        account_id=ctx.account_id,
+        detail={
+            "count": len(page.data),
+            "ids": [m.id for m in page.data],
+            # Address filters are personal: kept apart from the chain, erasable.
+            **{k: v for k, v in (("to", to), ("from", from_)) if v is not None},
+        },
+        personal=("to", "from"),
+    )
     return json_response(request, page)
 
 

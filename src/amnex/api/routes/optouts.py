@@ -13,7 +13,7 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -27,10 +27,11 @@ from amnex.accounts.service import KeyContext
 from amnex.api.deps import authorize, json_response, require_scope, runtime
 from amnex.api.routes.admin import Operator
 from amnex.clock import utc_now
+from amnex.db.engine import Database
 from amnex.errors import IdempotencyKeyReused, InvalidRequest, NotFound, PermissionDenied
 from amnex.messages import idempotency
 from amnex.messages.models import IdempotencyRecord
-from amnex.privacy.audit import record_audit
+from amnex.privacy.audit import record_access, record_audit
 from amnex.recipients import service
 from amnex.recipients.models import OptOut
 
@@ -68,6 +69,37 @@ ExportFormat = Literal["json", "csv"]
 
 def key_actor(ctx: KeyContext) -> str:
     return f"api_key:{ctx.key_id}"
+
+
+async def audit_read(
+    db: Database,
+    ctx: KeyContext,
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Audit a client user's read of personal data, before it is served (privacy.audit);
+    an `address` in `detail` (a list filter) is personal, kept apart from the chain."""
+    await record_access(
+        db,
+        actor=key_actor(ctx),
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        account_id=ctx.account_id,
+        detail=detail,
+        personal=("address",),
+    )
+
+
+def export_filters(filters: Any) -> dict[str, Any]:
+    """The filters of an export, as its audit entry records them (unset ones left out)."""
+    return {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in asdict(filters).items()
+        if value is not None
+    }
 
 
 def check_time_filters(**values: datetime | None) -> None:
@@ -358,12 +390,25 @@ async def list_opt_outs(
                 if after is None:
                     return
 
+        await audit_read(db, ctx, "opt_out.export", "opt_out", "*", export_filters(filters))
         return csv_response(request, "opt-outs.csv", OPT_OUT_COLUMNS, pages())
     async with db.read_session() as session:
         rows, next_cursor = await service.list_opt_outs(
             session, ctx.account_id, filters, limit=limit, cursor=cursor
         )
         page = OptOutList(data=[opt_out_out(o) for o in rows], next_cursor=next_cursor)
+    await audit_read(
+        db,
+        ctx,
+        "opt_out.list",
+        "opt_out",
+        "*",
+        {
+            "count": len(page.data),
+            "ids": [o.id for o in page.data],
+            **({"address": address} if address else {}),
+        },
+    )
     return json_response(request, page)
 
 
@@ -392,9 +437,12 @@ async def create_opt_out(request: Request, body: OptOutCreate, ctx: WriteKey) ->
 
 @router.get("/opt-outs/{opt_out_id}", response_model=OptOutOut, summary="Get an opt-out")
 async def get_opt_out(request: Request, opt_out_id: str, ctx: ReadKey) -> Response:
-    async with runtime(request).db.read_session() as session:
+    db = runtime(request).db
+    async with db.read_session() as session:
         opt_out = await service.get_opt_out_or_raise(session, ctx.account_id, opt_out_id)
-        return json_response(request, opt_out_out(opt_out))
+        out = opt_out_out(opt_out)
+    await audit_read(db, ctx, "opt_out.read", "opt_out", out.id)
+    return json_response(request, out)
 
 
 @router.delete(
