@@ -16,11 +16,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
+from amnex.privacy.crypto import generate_key
 from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
 from support import AccountHandle, StartSink, StartSmsc, make_account, truncate_all
@@ -112,12 +114,20 @@ def on_postgres(database_url: str) -> bool:
     return _is_postgres(database_url)
 
 
+SUITE_MASTER_KEY = generate_key()
+
+
 @pytest.fixture
 def base_settings(database_url: str, redis_url: str | None) -> Settings:
-    """Settings for the suite's database; tests add what they need with model_copy(update=…)."""
+    """Settings for the suite's database; tests add what they need with model_copy(update=…).
+
+    With a master key, as every deployment should have: message content is encrypted at
+    rest in every test (a test about running without one sets `master_key=None`).
+    """
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        master_key=SecretStr(SUITE_MASTER_KEY),
         poll_interval_s=0.05,
         retry_base_s=0.05,
         retry_max_s=0.2,

@@ -398,3 +398,13 @@ async def test_the_smsc_simulator_serves_binds_until_sigterm() -> None:
     assert response.command_status == 0
     assert response.message_id
     assert returncode == 0
+
+
+def test_purge_reports_what_is_due_and_records_its_run(cli_db: str) -> None:
+    run("db", "upgrade")
+
+    dry = json.loads(run("purge", "--dry-run", "--json"))
+    done = run("purge")
+
+    assert dry == {"dry_run": True, "content": 0, "metadata": 0}
+    assert done.strip() == "content purged: 0; metadata purged: 0; content keys destroyed: 0"

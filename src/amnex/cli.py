@@ -148,6 +148,41 @@ def serve(
     )
 
 
+@app.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what is due; change nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Purge content and metadata past their retention now, and destroy spent content keys
+    (`amnex worker` does this every `purge_interval_s`)."""
+    from amnex.db.engine import Database
+    from amnex.privacy.retention import purge_once
+
+    settings = _settings(config)
+    _require_current_schema(settings)
+
+    async def run() -> dict[str, Any]:
+        db = Database(settings)
+        try:
+            report = await purge_once(db, settings, dry_run=dry_run)
+        finally:
+            await db.dispose()
+        return {"dry_run": report.dry_run, **report.counts}
+
+    counts = asyncio.run(run())
+    if as_json:
+        _print_json(counts)
+        return
+    verb = "due" if dry_run else "purged"
+    print(
+        f"content {verb}: {counts.get('content', 0)}; metadata {verb}: {counts.get('metadata', 0)}"
+        + ("" if dry_run else f"; content keys destroyed: {counts.get('keys_destroyed', 0)}")
+    )
+
+
 def _require_current_schema(settings: Settings) -> None:
     from amnex.db.engine import Database
     from amnex.db.migrate import schema_is_current

@@ -118,6 +118,30 @@ class Settings(BaseSettings):
         "", description="Comma-separated E.164 prefixes lifted out of the built-in blocked ranges."
     )
 
+    # Privacy: content at rest, retention, the purge
+    content_key_period_s: int = Field(
+        86_400,
+        ge=60,
+        description="Each content key encrypts the content written during one such period; "
+        "a key is destroyed once nothing under it is left.",
+    )
+    failed_content_retention_s: float = Field(
+        259_200,
+        ge=0,
+        description="Content of a failed or undelivered message is kept this long (72 h) for "
+        "the client to look into; delivered, rejected and canceled content goes at once.",
+    )
+    inbound_content_retention_s: float = Field(
+        2_592_000, ge=0, description="Text of inbound messages is kept this long (30 days)."
+    )
+    metadata_retention_days: int = Field(
+        365, ge=1, description="Messages in a final status are deleted this long after creation."
+    )
+    purge_interval_s: float = Field(
+        60.0, gt=0, description="How often `amnex worker` runs the purge."
+    )
+    purge_chunk: int = Field(1000, ge=1, le=100_000, description="Rows per purge transaction.")
+
     # Secrets at rest
     master_key: SecretStr | None = Field(
         None,

@@ -18,6 +18,7 @@ from amnex.compliance.geo import GeoPolicy
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.accept import AcceptWriter
+from amnex.privacy.content import ContentKeyring
 from amnex.privacy.crypto import SecretBox
 
 
@@ -53,6 +54,8 @@ class Runtime:
     routes: RouteCache
     secret_box: SecretBox
     geo: GeoPolicy
+    # Message content is encrypted under these keys (None without a master key).
+    content_keys: ContentKeyring | None = None
     # In `amnex dev` only: the simulators, inspectable under /_dev/.
     simulators: dict[str, Any] = field(default_factory=dict)
 
@@ -89,10 +92,17 @@ class Runtime:
         )
 
     async def start(self) -> None:
+        if self.secret_box.available:
+            self.content_keys = await ContentKeyring.start(
+                self.db, self.secret_box, period_s=self.settings.content_key_period_s
+            )
         await self.writer.start()
         await self.routes.start()
 
     async def close(self, *, dispose_db: bool = True) -> None:
+        if self.content_keys is not None:
+            await self.content_keys.close()
+            self.content_keys = None
         await self.routes.close()
         await self.writer.close()
         await self.auth.close()

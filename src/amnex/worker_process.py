@@ -22,6 +22,9 @@ from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
 from amnex.email.receiver import BounceReceiver
 from amnex.messages.idempotency import purge_expired_idempotency_keys
+from amnex.privacy.content import ContentKeyring, WrongMasterKey
+from amnex.privacy.crypto import SecretBox
+from amnex.privacy.retention import purge_once
 from amnex.receipts.sweeper import sweep_forever
 from amnex.receipts.writer import DeliveryWriter
 from amnex.runtime import static_channels
@@ -79,6 +82,26 @@ def build_dispatcher(
     )
 
 
+async def start_content_keys(settings: Settings, db: Database) -> ContentKeyring | None:
+    """The process's content keyring, when it has a master key to wrap keys with; without
+    one, content is stored as it is (the privacy report says so)."""
+    box = SecretBox.from_settings(settings)
+    if not box.available:
+        log.warning("no master key: message content is stored without encryption")
+        return None
+    return await ContentKeyring.start(db, box, period_s=settings.content_key_period_s)
+
+
+async def purge_forever(db: Database, settings: Settings) -> None:
+    """Run the purge every `purge_interval_s` (`privacy.retention`)."""
+    while True:
+        await asyncio.sleep(settings.purge_interval_s)
+        try:
+            await purge_once(db, settings)
+        except Exception as exc:
+            log.warning("purge failed (%s); it resumes on the next run", type(exc).__name__)
+
+
 @dataclass
 class WorkerParts:
     """Everything a worker runs besides the dispatcher loop; `amnex dev` runs the same."""
@@ -89,9 +112,11 @@ class WorkerParts:
     chores: list[asyncio.Task[None]] = field(default_factory=list)
     # The SMTP server for bounces and complaints, when `bounce_listen_port` is set.
     bounce_receiver: BounceReceiver | None = None
+    content_keys: ContentKeyring | None = None
 
     @classmethod
     async def start(cls, settings: Settings, db: Database) -> WorkerParts:
+        content_keys = await start_content_keys(settings, db)
         routes = RouteCache(
             db, static_channels=static_channels(settings), ttl_s=settings.route_cache_ttl_s
         )
@@ -101,7 +126,7 @@ class WorkerParts:
         channels = build_channels(settings, db, routes=routes, deliveries=deliveries)
         for channel in channels.values():
             await channel.start()
-        parts = cls(routes, deliveries, channels)
+        parts = cls(routes, deliveries, channels, content_keys=content_keys)
         if settings.bounce_listen_port is not None:
             try:
                 parts.bounce_receiver = BounceReceiver(settings, db)
@@ -113,6 +138,7 @@ class WorkerParts:
         parts.chores = [
             asyncio.create_task(housekeeping(db), name="housekeeping"),
             asyncio.create_task(sweep_forever(db, settings), name="receipt-sweep"),
+            asyncio.create_task(purge_forever(db, settings), name="purge"),
         ]
         return parts
 
@@ -131,6 +157,8 @@ class WorkerParts:
                 await channel.close()
         await self.deliveries.close()
         await self.routes.close()
+        if self.content_keys is not None:
+            await self.content_keys.close()
 
 
 async def run_worker(settings: Settings) -> None:
@@ -142,7 +170,11 @@ async def run_worker(settings: Settings) -> None:
         await db.dispose()
         raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
     metrics_server = start_metrics_server(settings)
-    parts = await WorkerParts.start(settings, db)
+    try:
+        parts = await WorkerParts.start(settings, db)
+    except WrongMasterKey as exc:
+        await db.dispose()
+        raise SystemExit(str(exc)) from None
     listener: PgListener | None = None
     # With LISTEN/NOTIFY new messages wake the worker at once; the timer only finds scheduled
     # and retried messages whose time has come.

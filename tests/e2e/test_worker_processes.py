@@ -26,6 +26,11 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         {
             "AMNEX_DATABASE_URL": settings.database_url,
+            **(
+                {"AMNEX_MASTER_KEY": settings.master_key.get_secret_value()}
+                if settings.master_key
+                else {}
+            ),
             "AMNEX_SMTP_HOST": str(settings.smtp_host),
             "AMNEX_SMTP_PORT": str(settings.smtp_port),
             "AMNEX_SMTP_HELO_NAME": "worker.test",

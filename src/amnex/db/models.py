@@ -7,6 +7,8 @@ from amnex.carriers import models as carriers_models
 from amnex.db.base import Base
 from amnex.messages import models as messages_models
 from amnex.privacy import audit
+from amnex.privacy import content as content_keys
+from amnex.privacy import retention as retention_models
 from amnex.receipts import models as receipts_models
 from amnex.recipients import models as recipients_models
 
@@ -15,7 +17,9 @@ __all__ = [
     "accounts_models",
     "audit",
     "carriers_models",
+    "content_keys",
     "messages_models",
     "receipts_models",
     "recipients_models",
+    "retention_models",
 ]

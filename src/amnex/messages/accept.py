@@ -38,6 +38,7 @@ from amnex.db.models import Base
 from amnex.errors import ComplianceRejected, DatabaseUnavailable, ServiceUnavailable
 from amnex.messages.models import IdempotencyRecord, Message, MessageEvent
 from amnex.messages.service import PreparedMessage, apply_gate
+from amnex.privacy.content import ContentKeyUnavailable
 from amnex.privacy.logsafe import failure_summary
 from amnex.recipients.facts import facts_asyncpg, facts_sqlite
 
@@ -228,9 +229,13 @@ class AcceptWriter:
         async def read_postgres(driver: Any) -> list[RecipientFacts]:
             return await facts_asyncpg(driver, asks)
 
-        await self._inserter.insert_after(
-            lambda conn: facts_sqlite(conn, asks), read_postgres, rows
-        )
+        try:
+            await self._inserter.insert_after(
+                lambda conn: facts_sqlite(conn, asks), read_postgres, rows
+            )
+        except ContentKeyUnavailable as exc:
+            # No content key loaded yet (the database was away at start): retry as an outage.
+            raise BatchUnavailable(str(exc)) from None
 
 
 def _settle(pending: _Pending, error: BaseException | None) -> None:

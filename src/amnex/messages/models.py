@@ -6,10 +6,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base
+from amnex.privacy.content import EncryptedText
 
 EVENT_PK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -22,6 +23,13 @@ class Message(Base):
         Index(None, "account_id", "id"),
         # The compliance gate's first-contact look-up (and list filters by recipient).
         Index(None, "account_id", "to_addr"),
+        # Messages whose content is not purged yet: what the purge and key destruction read.
+        Index(
+            "ix_messages_unpurged",
+            "status",
+            sqlite_where=text("content_purged_at IS NULL"),
+            postgresql_where=text("content_purged_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -41,9 +49,9 @@ class Message(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(120))
     provider_detail: Mapped[dict[str, Any] | None]
     # Content: null once purged (policy §5).
-    subject: Mapped[str | None] = mapped_column(Text)
-    body: Mapped[str | None] = mapped_column(Text)
-    html: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(EncryptedText("subject"))
+    body: Mapped[str | None] = mapped_column(EncryptedText("body"))
+    html: Mapped[str | None] = mapped_column(EncryptedText("html"))
     content_purged_at: Mapped[datetime | None]
     segments: Mapped[int | None]
     encoding: Mapped[str | None] = mapped_column(String(12))

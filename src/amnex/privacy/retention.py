@@ -1,0 +1,188 @@
+"""Privacy: the purge — content destroyed at delivery, metadata kept only for its period.
+
+Design note. The policy keeps content only to deliver and log it (§2c) and deletes it after
+successful delivery (§5); metadata is kept for a limited period (§5). One purge run
+(`purge_once`, every `purge_interval_s` in `amnex worker`, or `amnex purge [--dry-run]`):
+
+1. **Content at a final status.** An outbound message `delivered`, `rejected` or `canceled`
+   loses its subject, body and HTML at once (`content_purged_at` is set, the API shows
+   `body: null`). One `failed` or `undelivered` keeps them for `failed_content_retention_s`
+   (72 h: a client may look into what went wrong), then loses them too.
+2. **Inbound text** is kept `inbound_content_retention_s` (30 days), then purged the same way.
+3. **Metadata.** A message in a final status older than `metadata_retention_days` (365) is
+   deleted with its events and parts.
+4. **Keys.** Every content key of a past period that no message's content is under any more
+   is destroyed (`privacy.content.destroy_spent_keys`): whatever copy of that content
+   survives in free pages, the WAL, dumps or backups can no longer be read.
+5. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
+   `secure_delete` zeroes freed space in the database file.
+
+Each step works in chunks of `purge_chunk` rows, one short transaction per chunk, so sends are
+never blocked behind it, and a run stopped halfway resumes where it was on the next run (every
+step selects by state, not by progress). Each run is recorded in `purge_runs` with its counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import String, and_, delete, func, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from amnex.clock import utc_now
+from amnex.config import Settings
+from amnex.db.base import Base
+from amnex.db.engine import Database
+from amnex.db.ids import new_id
+from amnex.messages.models import Message, MessageEvent, MessagePart
+from amnex.messages.status import FINAL_STATUSES, Status
+from amnex.privacy.content import destroy_spent_keys
+
+log = logging.getLogger(__name__)
+
+_AT_ONCE = (Status.DELIVERED.value, Status.REJECTED.value, Status.CANCELED.value)
+_AFTER_WINDOW = (Status.FAILED.value, Status.UNDELIVERED.value)
+_FINAL = tuple(s.value for s in FINAL_STATUSES)
+
+
+class PurgeRun(Base):
+    """What one purge run did (counts per step), kept as the record the policy asks for."""
+
+    __tablename__ = "purge_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    finished_at: Mapped[datetime]
+    dry_run: Mapped[bool]
+    counts: Mapped[dict[str, Any]]
+
+
+@dataclass
+class PurgeReport:
+    dry_run: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    destroyed_keys: list[str] = field(default_factory=list)
+
+    def add(self, step: str, n: int) -> None:
+        self.counts[step] = self.counts.get(step, 0) + n
+
+
+def _content_due(settings: Settings, now: datetime) -> Any:
+    """Messages whose content is due for purging now."""
+    failed_before = now - timedelta(seconds=settings.failed_content_retention_s)
+    inbound_before = now - timedelta(seconds=settings.inbound_content_retention_s)
+    return and_(
+        Message.content_purged_at.is_(None),
+        or_(
+            and_(Message.direction == "outbound", Message.status.in_(_AT_ONCE)),
+            and_(
+                Message.direction == "outbound",
+                Message.status.in_(_AFTER_WINDOW),
+                Message.updated_at <= failed_before,
+            ),
+            and_(Message.direction == "inbound", Message.created_at <= inbound_before),
+        ),
+    )
+
+
+def _metadata_due(settings: Settings, now: datetime) -> Any:
+    before = now - timedelta(days=settings.metadata_retention_days)
+    return and_(Message.created_at <= before, Message.status.in_(_FINAL))
+
+
+async def purge_once(
+    db: Database, settings: Settings, *, now: datetime | None = None, dry_run: bool = False
+) -> PurgeReport:
+    """One purge run (see the module docstring); with `dry_run`, count and change nothing."""
+    now = now or utc_now()
+    started = utc_now()
+    report = PurgeReport(dry_run=dry_run)
+    chunk = settings.purge_chunk
+    content_due = _content_due(settings, now)
+    metadata_due = _metadata_due(settings, now)
+    if dry_run:
+        async with db.read_session() as session:
+            report.add("content", await _count(session, content_due))
+            report.add("metadata", await _count(session, metadata_due))
+        return report
+
+    while True:
+        purged = await db.write(lambda s: _purge_content(s, content_due, now, chunk))
+        report.add("content", purged)
+        if purged < chunk:
+            break
+    while True:
+        deleted = await db.write(lambda s: _delete_metadata(s, metadata_due, chunk))
+        report.add("metadata", deleted)
+        if deleted < chunk:
+            break
+    report.destroyed_keys = await destroy_spent_keys(
+        db, now=now, period_s=settings.content_key_period_s
+    )
+    report.add("keys_destroyed", len(report.destroyed_keys))
+    if db.is_sqlite and (report.counts["content"] or report.counts["metadata"]):
+        await _truncate_wal(db)
+    async with db.unit_of_work() as session:
+        session.add(
+            PurgeRun(
+                id=new_id("prg"),
+                started_at=started,
+                finished_at=utc_now(),
+                dry_run=False,
+                counts=dict(report.counts),
+            )
+        )
+    if any(report.counts.values()):
+        log.info("purge: %s", report.counts)
+    return report
+
+
+async def _count(session: AsyncSession, condition: Any) -> int:
+    return int(
+        await session.scalar(select(func.count()).select_from(Message).where(condition)) or 0
+    )
+
+
+async def _purge_content(session: AsyncSession, condition: Any, now: datetime, chunk: int) -> int:
+    ids = list(await session.scalars(select(Message.id).where(condition).limit(chunk)))
+    if ids:
+        await session.execute(
+            update(Message)
+            .where(Message.id.in_(ids))
+            .values(subject=None, body=None, html=None, content_purged_at=now)
+        )
+    return len(ids)
+
+
+async def _delete_metadata(session: AsyncSession, condition: Any, chunk: int) -> int:
+    ids = list(await session.scalars(select(Message.id).where(condition).limit(chunk)))
+    if ids:
+        await session.execute(delete(MessageEvent).where(MessageEvent.message_id.in_(ids)))
+        await session.execute(delete(MessagePart).where(MessagePart.message_id.in_(ids)))
+        await session.execute(delete(Message).where(Message.id.in_(ids)))
+    return len(ids)
+
+
+async def _truncate_wal(db: Database) -> None:
+    """Copy the WAL into the database file and empty it (a busy reader defers that to the
+    next run: SQLite then reports the checkpoint incomplete, which is not an error)."""
+    path = make_url(db.url).database
+    if not path or path == ":memory:":
+        return
+    timeout_s = db.settings.sqlite_busy_timeout_ms / 1000
+
+    def checkpoint() -> None:
+        conn = sqlite3.connect(path, timeout=timeout_s)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(checkpoint)
