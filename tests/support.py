@@ -63,15 +63,19 @@ async def make_account(
     name: str = "Shop Example",
     sms_number: str | None = None,
     compliance: dict[str, Any] | None = None,
+    retention: dict[str, Any] | None = None,
 ) -> AccountHandle:
     """An active account with a key holding every scope and the given verified senders
-    (and `compliance`: its compliance settings, as `PATCH .../compliance` would set them)."""
+    (and `compliance`: its compliance settings, as `PATCH .../compliance` would set them;
+    `retention`: its retention settings, as `PATCH .../retention` would)."""
     async with db.unit_of_work() as session:
         settings: dict[str, Any] = (
             {"rate_limit_per_s": rate_limit_per_s} if rate_limit_per_s else {}
         )
         if compliance is not None:
             settings["compliance"] = compliance
+        if retention is not None:
+            settings["retention"] = retention
         account, _, key = await accounts.create_account(
             session,
             business_name=name,

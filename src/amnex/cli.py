@@ -1,5 +1,5 @@
 """Entry points: the `amnex` command (dev, serve, worker, db, accounts, keys, senders, operators,
-connectors, routes, crypto, simulate)."""
+connectors, routes, crypto, privacy, simulate)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ operators_app = typer.Typer(no_args_is_help=True, help="Named operators with adm
 connectors_app = typer.Typer(no_args_is_help=True, help="Carrier connections (SMPP accounts).")
 routes_app = typer.Typer(no_args_is_help=True, help="Which connectors carry which messages.")
 crypto_app = typer.Typer(no_args_is_help=True, help="The master key that seals carrier passwords.")
+privacy_app = typer.Typer(no_args_is_help=True, help="The privacy report (attestation).")
 simulate_app = typer.Typer(no_args_is_help=True, help="Local carrier simulators, for testing.")
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
@@ -42,6 +43,7 @@ app.add_typer(operators_app, name="operators")
 app.add_typer(connectors_app, name="connectors")
 app.add_typer(routes_app, name="routes")
 app.add_typer(crypto_app, name="crypto")
+app.add_typer(privacy_app, name="privacy")
 app.add_typer(simulate_app, name="simulate")
 
 ConfigOption = Annotated[
@@ -733,6 +735,26 @@ def crypto_generate_key() -> None:
     from amnex.privacy.crypto import generate_key
 
     print(generate_key())
+
+
+@privacy_app.command("report")
+def privacy_report(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """State, from the live data, what the privacy promises look like now: encryption, content
+    past retention, metadata age per account, purges, records of processing, findings."""
+    from amnex.privacy.records import RecordsFileError, load_records_file
+    from amnex.privacy.report import build_report, render_text
+
+    settings = _settings(config)
+    try:
+        operator_file = load_records_file(settings)
+    except RecordsFileError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    _require_current_schema(settings)
+    report = _with_db(settings, lambda session: build_report(session, settings, operator_file))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    print(render_text(report))
 
 
 @simulate_app.command("smsc")

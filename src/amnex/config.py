@@ -137,10 +137,27 @@ class Settings(BaseSettings):
     metadata_retention_days: int = Field(
         365, ge=1, description="Messages in a final status are deleted this long after creation."
     )
+    max_content_retention_days: int = Field(
+        30,
+        ge=0,
+        description="The longest an account may keep content (`PATCH .../retention`); an "
+        "account's longer value, stored before the limit was lowered, is capped to it.",
+    )
+    max_metadata_retention_days: int = Field(
+        730,
+        ge=1,
+        description="The longest an account may keep message metadata; capped the same way.",
+    )
     purge_interval_s: float = Field(
         60.0, gt=0, description="How often `amnex worker` runs the purge."
     )
     purge_chunk: int = Field(1000, ge=1, le=100_000, description="Rows per purge transaction.")
+    privacy_records_file: Path | None = Field(
+        None,
+        description="A TOML file with the records of processing (controller, privacy contact, "
+        "supervisory authority, data regions, purposes, processors): see "
+        "docs/privacy-records.example.toml. Unset: built-in defaults marked `not configured`.",
+    )
 
     # Secrets at rest
     master_key: SecretStr | None = Field(

@@ -14,6 +14,7 @@ from amnex import __version__
 from amnex.api.edge import EdgeMiddleware
 from amnex.api.problems import install_problem_handlers
 from amnex.api.routes import (
+    account,
     admin,
     audit,
     carriers,
@@ -23,6 +24,7 @@ from amnex.api.routes import (
     keys,
     messages,
     optouts,
+    privacy,
     unsubscribe,
 )
 from amnex.runtime import Runtime
@@ -67,7 +69,10 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(audit.admin_router)
     app.include_router(unsubscribe.router)
+    for router in privacy.routers(rt.settings):
+        app.include_router(router)
     app.include_router(health.router)
+    app.include_router(account.router)
     if rt.settings.dev_mode:
         app.include_router(dev.router)
     # The accept path, `POST /v1/messages`, is also mounted as a plain Starlette route ahead of

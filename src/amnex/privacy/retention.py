@@ -5,9 +5,10 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
 (`purge_once`, every `purge_interval_s` in `amnex worker`, or `amnex purge [--dry-run]`):
 
 1. **Content at a final status.** An outbound message `delivered`, `rejected` or `canceled`
-   loses its subject, body and HTML at once (`content_purged_at` is set, the API shows
-   `body: null`). One `failed` or `undelivered` keeps them for `failed_content_retention_s`
-   (72 h: a client may look into what went wrong), then loses them too.
+   loses its subject, body and HTML at once, or `content_days` later where the account agreed
+   (`content_purged_at` is set, the API shows `body: null`). One `failed` or `undelivered`
+   keeps them for `failed_content_retention_s` (72 h: a client may look into what went
+   wrong), then loses them too.
 2. **Inbound text** is kept `inbound_content_retention_s` (30 days), then purged the same way.
 3. **Metadata.** A message in a final status older than `metadata_retention_days` (365) is
    deleted with its events and parts.
@@ -16,6 +17,14 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
    survives in free pages, the WAL, dumps or backups can no longer be read.
 5. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
    `secure_delete` zeroes freed space in the database file.
+
+**Per account.** An account may have retention settings of its own
+(`privacy.retention_settings`, within the operator's limits): content kept `content_days`
+after its final status where the account agreed, its own failed/inbound windows and metadata
+period. Each run groups the accounts: one pass covers every account without settings under
+the operator's settings (`account_id NOT IN` the few with their own), then one pass per account
+with settings, each a set-based condition on `messages` like the default one. Accounts with
+settings are few (an operator sets them per agreement), so the list stays short.
 
 Each step works in chunks of `purge_chunk` rows, one short transaction per chunk, so sends are
 never blocked behind it, and a run stopped halfway resumes where it was on the next run (every
@@ -29,13 +38,15 @@ import logging
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import String, and_, delete, func, or_, select, update
+from sqlalchemy import String, and_, delete, func, or_, select, true, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from amnex.accounts.models import Account
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.base import Base
@@ -44,6 +55,12 @@ from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.status import FINAL_STATUSES, Status
 from amnex.privacy.content import destroy_spent_keys
+from amnex.privacy.retention_settings import (
+    EffectiveRetention,
+    default_retention,
+    effective_retention,
+    retention_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +91,85 @@ class PurgeReport:
         self.counts[step] = self.counts.get(step, 0) + n
 
 
-def _content_due(settings: Settings, now: datetime) -> Any:
-    """Messages whose content is due for purging now."""
-    failed_before = now - timedelta(seconds=settings.failed_content_retention_s)
-    inbound_before = now - timedelta(seconds=settings.inbound_content_retention_s)
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Messages of some accounts (`accounts`, a condition) under one retention."""
+
+    accounts: Any
+    retention: EffectiveRetention
+
+
+def _content_due(retention: EffectiveRetention, now: datetime) -> Any:
+    """Messages whose content is due for purging now, under `retention`."""
+    at_final = and_(Message.direction == "outbound", Message.status.in_(_AT_ONCE))
+    if retention.content:
+        at_final = and_(at_final, Message.updated_at <= now - retention.content)
     return and_(
         Message.content_purged_at.is_(None),
         or_(
-            and_(Message.direction == "outbound", Message.status.in_(_AT_ONCE)),
+            at_final,
             and_(
                 Message.direction == "outbound",
                 Message.status.in_(_AFTER_WINDOW),
-                Message.updated_at <= failed_before,
+                Message.updated_at <= now - retention.failed_content,
             ),
-            and_(Message.direction == "inbound", Message.created_at <= inbound_before),
+            and_(
+                Message.direction == "inbound",
+                Message.created_at <= now - retention.inbound_content,
+            ),
         ),
     )
 
 
-def _metadata_due(settings: Settings, now: datetime) -> Any:
-    before = now - timedelta(days=settings.metadata_retention_days)
+def _metadata_due(retention: EffectiveRetention, now: datetime) -> Any:
+    """Messages whose metadata is due for deletion now, under `retention`."""
+    before = now - timedelta(days=retention.metadata_days)
     return and_(Message.created_at <= before, Message.status.in_(_FINAL))
+
+
+def _has_retention_settings(settings: Settings) -> Any:
+    """Accounts whose settings hold a `retention` key (a missing key is SQL NULL)."""
+    if settings.is_sqlite:
+        return func.json_type(Account.settings, "$.retention").is_not(None)
+    return Account.settings["retention"].as_json().is_not(None)
+
+
+async def _groups(session: AsyncSession, settings: Settings) -> list[_Group]:
+    """Every account without retention settings in one group, then one per account with."""
+    own = await account_retentions(session, settings)
+    others = Message.account_id.not_in(list(own)) if own else true()
+    return [
+        _Group(others, default_retention(settings)),
+        *(_Group(Message.account_id == account_id, r) for account_id, r in sorted(own.items())),
+    ]
+
+
+async def due_conditions(
+    session: AsyncSession, settings: Settings, now: datetime
+) -> tuple[Any, Any]:
+    """(content due, metadata due): one condition each on `messages` over every account,
+    each account under its own retention — what a purge would remove now (for reports)."""
+    groups = await _groups(session, settings)
+    return (
+        or_(*(and_(g.accounts, _content_due(g.retention, now)) for g in groups)),
+        or_(*(and_(g.accounts, _metadata_due(g.retention, now)) for g in groups)),
+    )
+
+
+async def account_retentions(
+    session: AsyncSession, settings: Settings
+) -> dict[str, EffectiveRetention]:
+    """The retention of each account with settings of its own (the others get
+    `default_retention(settings)`)."""
+    rows = (
+        await session.execute(
+            select(Account.id, Account.settings).where(_has_retention_settings(settings))
+        )
+    ).all()
+    return {
+        account_id: effective_retention(retention_of(account_settings or {}), settings)
+        for account_id, account_settings in rows
+    }
 
 
 async def purge_once(
@@ -105,24 +180,32 @@ async def purge_once(
     started = utc_now()
     report = PurgeReport(dry_run=dry_run)
     chunk = settings.purge_chunk
-    content_due = _content_due(settings, now)
-    metadata_due = _metadata_due(settings, now)
+    async with db.read_session() as session:
+        groups = await _groups(session, settings)
+    content_due = [and_(g.accounts, _content_due(g.retention, now)) for g in groups]
+    metadata_due = [and_(g.accounts, _metadata_due(g.retention, now)) for g in groups]
     if dry_run:
         async with db.read_session() as session:
-            report.add("content", await _count(session, content_due))
-            report.add("metadata", await _count(session, metadata_due))
+            for condition in content_due:
+                report.add("content", await _count(session, condition))
+            for condition in metadata_due:
+                report.add("metadata", await _count(session, condition))
         return report
 
-    while True:
-        purged = await db.write(lambda s: _purge_content(s, content_due, now, chunk))
-        report.add("content", purged)
-        if purged < chunk:
-            break
-    while True:
-        deleted = await db.write(lambda s: _delete_metadata(s, metadata_due, chunk))
-        report.add("metadata", deleted)
-        if deleted < chunk:
-            break
+    for condition in content_due:
+        while True:
+            purged = await db.write(
+                partial(_purge_content, condition=condition, now=now, chunk=chunk)
+            )
+            report.add("content", purged)
+            if purged < chunk:
+                break
+    for condition in metadata_due:
+        while True:
+            deleted = await db.write(partial(_delete_metadata, condition=condition, chunk=chunk))
+            report.add("metadata", deleted)
+            if deleted < chunk:
+                break
     report.destroyed_keys = await destroy_spent_keys(
         db, now=now, period_s=settings.content_key_period_s
     )

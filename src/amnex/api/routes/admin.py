@@ -17,6 +17,7 @@ from amnex.accounts.service import OperatorContext
 from amnex.api.deps import Reason, json_body, json_response, require_operator, runtime
 from amnex.compliance.policy import ComplianceSettings
 from amnex.privacy.audit import record_audit
+from amnex.privacy.retention_settings import RetentionSettings, limit_errors, retention_of
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
@@ -340,6 +341,79 @@ async def update_compliance(request: Request, account_id: str, op: Operator) -> 
             session,
             actor=op.actor,
             action="account.compliance.update",
+            target_type="account",
+            target_id=account.id,
+            detail={"fields": sorted(changes)},
+        )
+    rt.auth.forget()
+    return json_response(request, updated)
+
+
+# Retention settings: how long the account's content and metadata are kept, within the
+# operator's limits (`privacy.retention_settings`); the purge applies them.
+
+
+@router.get("/accounts/{account_id}/retention", response_model=RetentionSettings)
+async def get_retention(request: Request, account_id: str, op: Operator) -> Response:
+    async with runtime(request).db.unit_of_work() as session:
+        account = await service.get_account_or_raise(session, account_id)
+        out = retention_of(account.settings)
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.retention.read",
+            target_type="account",
+            target_id=account.id,
+        )
+    return json_response(request, out)
+
+
+@router.patch(
+    "/accounts/{account_id}/retention",
+    response_model=RetentionSettings,
+    description="Change some of the account's retention settings: the fields given replace "
+    "the current values (null restores a field's default); the others are kept. A value above "
+    "the operator's limit is refused.",
+)
+async def update_retention(request: Request, account_id: str, op: Operator) -> Response:
+    changes = (await json_body(request, _Changes)).root
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        account = await service.get_account_or_raise(session, account_id)
+        current = dict(account.settings.get("retention") or {})
+        unknown = sorted(set(changes) - set(RetentionSettings.model_fields))
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {"type": "extra_forbidden", "loc": ("body", name), "msg": "unknown field"}
+                    for name in unknown
+                ]
+            )
+        for name, value in changes.items():
+            if value is None:
+                current.pop(name, None)
+            else:
+                current[name] = value
+        try:
+            updated = RetentionSettings.model_validate(current)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        over = limit_errors(updated, rt.settings, set(changes))
+        if over:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in over]
+            )
+        stored = updated.model_dump(mode="json", exclude_defaults=True)
+        # No key at all when every field is at its default: the purge then treats the
+        # account with every other one, in its single default pass.
+        rest = {k: v for k, v in account.settings.items() if k != "retention"}
+        account.settings = {**rest, "retention": stored} if stored else rest
+        record_audit(
+            session,
+            actor=op.actor,
+            action="account.retention.update",
             target_type="account",
             target_id=account.id,
             detail={"fields": sorted(changes)},
