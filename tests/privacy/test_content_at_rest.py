@@ -16,6 +16,7 @@ from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.messages.models import Message
+from amnex.privacy.audit import AuditEntry
 from amnex.privacy.content import (
     ContentKey,
     ContentKeyring,
@@ -168,6 +169,15 @@ async def test_a_spent_key_is_destroyed_and_a_stale_copy_no_longer_opens(
         assert row.wrapped is None
         assert row.destroyed_at is not None
         assert ring.decrypt(stale, "body") is None  # the copy is noise now
+    async with db.read_session() as session:
+        key_events = {
+            (entry.action, entry.target_id)
+            for entry in await session.scalars(
+                select(AuditEntry).where(AuditEntry.target_type == "content_key")
+            )
+        }
+    assert ("content_key.create", key_id) in key_events  # every key operation is audited
+    assert ("content_key.destroy", key_id) in key_events
 
 
 async def test_without_a_master_key_content_is_stored_as_it_is(

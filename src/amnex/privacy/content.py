@@ -43,6 +43,7 @@ from sqlalchemy.types import TypeDecorator
 from amnex.clock import utc_now
 from amnex.db.base import Base
 from amnex.db.engine import Database
+from amnex.privacy.audit import record_audit
 from amnex.privacy.crypto import KEY_BYTES, NONCE_BYTES, CryptoError, SecretBox
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,14 @@ class ContentKeyring:
                         ContentKey(
                             id=key_id, period_start=start, wrapped=wrapped, created_at=utc_now()
                         )
+                    )
+                    record_audit(
+                        session,
+                        actor="system",
+                        action="content_key.create",
+                        target_type="content_key",
+                        target_id=key_id,
+                        detail={"period_start": start.isoformat()},
                     )
         except IntegrityError:
             pass  # another process created it first: the reload that follows loads theirs
@@ -307,6 +316,14 @@ async def destroy_spent_keys(db: Database, *, now: datetime, period_s: int) -> l
                     update(ContentKey)
                     .where(ContentKey.id == key_id)
                     .values(wrapped=None, destroyed_at=now)
+                )
+                record_audit(
+                    session,
+                    actor="system",
+                    action="content_key.destroy",
+                    target_type="content_key",
+                    target_id=key_id,
+                    detail={"reason": "no content left under it"},
                 )
                 destroyed.append(key_id)
     ring = _RING
