@@ -43,7 +43,7 @@ def test_the_report_states_the_findings_for_people_and_as_json(
     assert "content past retention: 0 (must be 0)" in text
     assert "  - no master key: content is stored unencrypted" in text
     assert "  - privacy contact not configured" in text
-    assert "subject_requests: data-subject requests are not built yet" in text
+    assert "subject requests: 0 open, 0 overdue" in text
     assert report["content_past_retention"] == 0
     assert report["purges"]["last_24h"]["runs"] == 1
     assert report["records"]["configured"] is False

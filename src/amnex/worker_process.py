@@ -24,6 +24,8 @@ from amnex.email.receiver import BounceReceiver
 from amnex.messages.idempotency import purge_expired_idempotency_keys
 from amnex.privacy.content import ContentKeyring, WrongMasterKey
 from amnex.privacy.crypto import SecretBox
+from amnex.privacy.records import build_records, load_records_file
+from amnex.privacy.requests import SYSTEM_ACTOR, process_open_requests
 from amnex.privacy.retention import purge_once
 from amnex.receipts.sweeper import sweep_forever
 from amnex.receipts.writer import DeliveryWriter
@@ -93,13 +95,21 @@ async def start_content_keys(settings: Settings, db: Database) -> ContentKeyring
 
 
 async def purge_forever(db: Database, settings: Settings) -> None:
-    """Run the purge every `purge_interval_s` (`privacy.retention`)."""
+    """Every `purge_interval_s`: the purge (`privacy.retention`), then the subject requests
+    still open — an erasure that waited for the subject's messages to finish completes here."""
+    records_file = load_records_file(settings)
     while True:
         await asyncio.sleep(settings.purge_interval_s)
         try:
             await purge_once(db, settings)
         except Exception as exc:
             log.warning("purge failed (%s); it resumes on the next run", type(exc).__name__)
+        try:
+            async with db.unit_of_work() as session:
+                records = await build_records(session, settings, records_file)
+                await process_open_requests(session, SYSTEM_ACTOR, records)
+        except Exception as exc:
+            log.warning("subject requests not processed (%s); retried", type(exc).__name__)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from amnex.db.ids import new_id
 from amnex.messages.models import Message
 from amnex.privacy.records import load_records_file
 from amnex.privacy.report import PrivacyReport, build_report, render_text
+from amnex.privacy.requests import SubjectRequest
 from amnex.privacy.retention import PurgeRun, purge_once
 from support import AccountHandle, make_account, serve_api
 
@@ -171,7 +172,7 @@ async def test_metadata_age_is_reported_per_account_against_its_retention(
     ) in report.findings
 
 
-async def test_records_not_configured_are_findings_and_subject_requests_not_covered(
+async def test_records_not_configured_are_findings_and_subject_requests_are_reported(
     settings: Settings, db: Database
 ) -> None:
     defaults = await report_of(db, settings)
@@ -183,10 +184,35 @@ async def test_records_not_configured_are_findings_and_subject_requests_not_cove
     assert configured.records.configured is True
     assert configured.records.missing == []
     assert not any("not configured" in f for f in configured.findings)
-    assert [(n.section, n.reason) for n in defaults.not_covered] == [
-        ("subject_requests", "data-subject requests are not built yet (issue 5)")
-    ]
-    assert "subject_requests" not in defaults.model_dump()
+    assert defaults.not_covered == []
+    assert defaults.subject_requests.model_dump() == {"open": 0, "overdue": 0, "next_due_at": None}
     text = render_text(defaults)
-    assert "subject_requests: data-subject requests are not built yet" in text
+    assert "subject requests: 0 open, 0 overdue" in text
     assert "  - privacy contact not configured" in text
+
+
+async def test_an_overdue_subject_request_is_a_finding(settings: Settings, db: Database) -> None:
+    account = await make_account(db)
+    received = utc_now() - timedelta(days=40)
+    async with db.unit_of_work() as session:
+        session.add(
+            SubjectRequest(
+                id=new_id("dsr"),
+                account_id=account.account_id,
+                type="erasure",
+                channel_kind="phone",
+                address="+13125550149",
+                address_masked="+1*******49",
+                status="in_progress",
+                received_at=received,
+                due_at=received + timedelta(days=30),
+                requested_by="test",
+                updated_at=received,
+            )
+        )
+
+    report = await report_of(db, settings)
+
+    assert report.subject_requests.open == 1
+    assert report.subject_requests.overdue == 1
+    assert "1 data-subject requests are past their deadline" in report.findings

@@ -25,6 +25,7 @@ from amnex.api.routes import (
     messages,
     optouts,
     privacy,
+    subject_requests,
     unsubscribe,
 )
 from amnex.runtime import Runtime
@@ -70,6 +71,8 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(audit.admin_router)
     app.include_router(unsubscribe.router)
     for router in privacy.routers(rt.settings):
+        app.include_router(router)
+    for router in subject_requests.routers(rt.settings):
         app.include_router(router)
     app.include_router(health.router)
     app.include_router(account.router)

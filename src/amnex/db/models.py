@@ -8,6 +8,7 @@ from amnex.db.base import Base
 from amnex.messages import models as messages_models
 from amnex.privacy import audit
 from amnex.privacy import content as content_keys
+from amnex.privacy import requests as subject_requests
 from amnex.privacy import retention as retention_models
 from amnex.receipts import models as receipts_models
 from amnex.recipients import models as recipients_models
@@ -22,4 +23,5 @@ __all__ = [
     "receipts_models",
     "recipients_models",
     "retention_models",
+    "subject_requests",
 ]

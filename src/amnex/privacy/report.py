@@ -25,6 +25,7 @@ from amnex.config import Settings
 from amnex.messages.models import Message
 from amnex.privacy.content import PREFIX, ContentKey
 from amnex.privacy.records import RecordsFile, missing_fields
+from amnex.privacy.requests import OPEN_STATUSES, SubjectRequest
 from amnex.privacy.retention import PurgeRun, account_retentions, due_conditions
 from amnex.privacy.retention_settings import default_retention
 
@@ -66,6 +67,14 @@ class NotCovered(BaseModel):
     reason: str
 
 
+class SubjectRequests(BaseModel):
+    """Open data-subject requests and their deadlines (a month, extendable once)."""
+
+    open: int
+    overdue: int
+    next_due_at: datetime | None
+
+
 class PrivacyReport(BaseModel):
     generated_at: datetime
     findings: list[str]
@@ -74,14 +83,25 @@ class PrivacyReport(BaseModel):
     metadata: list[AccountMetadata]
     purges: Purges
     records: RecordsStatus
+    subject_requests: SubjectRequests
     not_covered: list[NotCovered]
 
 
-NOT_COVERED = (
-    NotCovered(
-        section="subject_requests", reason="data-subject requests are not built yet (issue 5)"
-    ),
-)
+NOT_COVERED: tuple[NotCovered, ...] = ()
+
+
+async def _subject_requests(session: AsyncSession, now: datetime) -> SubjectRequests:
+    deadline = func.coalesce(SubjectRequest.extended_until, SubjectRequest.due_at)
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.count().filter(deadline < now),
+                func.min(deadline),
+            ).where(SubjectRequest.status.in_(OPEN_STATUSES))
+        )
+    ).one()
+    return SubjectRequests(open=int(row[0]), overdue=int(row[1]), next_due_at=row[2])
 
 
 async def build_report(
@@ -108,6 +128,7 @@ async def build_report(
         metadata=metadata,
         purges=purges,
         records=RecordsStatus(configured=not missing, missing=missing),
+        subject_requests=await _subject_requests(session, now),
         not_covered=list(NOT_COVERED),
     )
     report.findings = findings(report)
@@ -138,6 +159,10 @@ def findings(report: PrivacyReport) -> list[str]:
     if report.purges.last_24h.runs == 0:
         found.append("no purge ran in the last 24 hours (is `amnex worker` running?)")
     found.extend(f"{field.replace('_', ' ')} not configured" for field in report.records.missing)
+    if report.subject_requests.overdue:
+        found.append(
+            f"{report.subject_requests.overdue} data-subject requests are past their deadline"
+        )
     return found
 
 
@@ -270,9 +295,17 @@ def render_text(report: PrivacyReport) -> str:
             else "missing " + ", ".join(report.records.missing)
         ),
         "",
-        "not covered",
+        "subject requests: "
+        + f"{report.subject_requests.open} open, {report.subject_requests.overdue} overdue"
+        + (
+            f", next due {report.subject_requests.next_due_at.isoformat()}"
+            if report.subject_requests.next_due_at
+            else ""
+        ),
     ]
-    lines += [f"  {n.section}: {n.reason}" for n in report.not_covered]
+    if report.not_covered:
+        lines += ["", "not covered"]
+        lines += [f"  {n.section}: {n.reason}" for n in report.not_covered]
     lines += ["", "findings"]
     lines += [f"  - {f}" for f in report.findings] or ["  none"]
     return "\n".join(lines)

@@ -70,6 +70,8 @@ OPT_OUT_SOURCES = (
     "complaint",
     "unsubscribe_link",
     "operator",
+    # A data subject's restriction or objection (privacy.requests): an "all"-channel opt-out.
+    "subject_request",
 )
 # A removal can also come from a consent that overrides the opt-out.
 OPT_OUT_REMOVAL_SOURCES = (*OPT_OUT_SOURCES, "consent")

@@ -275,7 +275,14 @@ ClientOptOutSource = Literal[
     "api", "keyword", "free_text_reply", "bounce", "complaint", "unsubscribe_link"
 ]
 OptOutSource = Literal[
-    "api", "keyword", "free_text_reply", "bounce", "complaint", "unsubscribe_link", "operator"
+    "api",
+    "keyword",
+    "free_text_reply",
+    "bounce",
+    "complaint",
+    "unsubscribe_link",
+    "operator",
+    "subject_request",
 ]
 
 

@@ -1,0 +1,312 @@
+"""Privacy: every read and write of a data subject's records by address, for subject requests.
+
+Design note. Addresses are still stored normalised and in clear (E.164, lower-cased email);
+a keyed blind index replaces them later. Every query that names a subject's address for a
+data-subject request lives here, so that change touches this module alone.
+
+- A subject is a phone number or an email address, normalised as the suppression list stores
+  it (`recipients.service.normalise_address("all", …)`). A phone subject's messages are its
+  SMS and MMS; an email subject's, its email.
+- Scope: a client's request covers its own account's records (`account_id`); an operator's
+  request with no account covers every account, and the platform's own opt-outs.
+- Erasure keeps two kinds of row, as the policy allows: the subject's opt-outs (the
+  suppression marker that keeps them from being messaged again; their evidence is emptied),
+  and each message as a billing line: id, account, channel, status, segments, price and
+  timestamps, with the subject's address replaced by `ERASED` and its content, metadata,
+  error text and provider detail emptied. A message's events and parts go; so do the opt-out
+  history, the inbound parts the subject sent and the personal fields of audit entries that
+  named the subject in their target.
+- The consent ledger hashes the address into each entry (`recipients.service.consent_hash`),
+  so neither deleting nor rewriting an entry leaves the account's chain verifiable. Until the
+  ledger keeps its personal fields apart from the hash, erasure keeps the subject's consent
+  entries and reports them under `retained` with that reason (`erase_subject`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from amnex.messages.models import Message, MessageEvent, MessagePart
+from amnex.messages.service import transition
+from amnex.messages.status import CANCELABLE_STATUSES, FINAL_STATUSES, Status
+from amnex.privacy.logsafe import mask_text
+from amnex.receipts.models import InboundPart
+from amnex.recipients import service as recipients
+from amnex.recipients.models import ConsentEntry, OptOut, OptOutEvent
+
+SubjectKind = Literal["phone", "email"]
+ERASED = "[erased]"
+_PHONE_CHANNELS = ("sms", "mms")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whose records: a normalised address, and the accounts searched (None: every account)."""
+
+    kind: SubjectKind
+    address: str
+    account_id: str | None
+
+
+def subject_of(address: str, account_id: str | None) -> Subject:
+    """The subject named by `address` as typed (raises InvalidAddress)."""
+    normalised = recipients.normalise_address(recipients.ALL_CHANNELS, address)
+    kind: SubjectKind = "email" if "@" in normalised else "phone"
+    return Subject(kind=kind, address=normalised, account_id=account_id)
+
+
+def masked(address: str) -> str:
+    """The form a completed request keeps: country code and last two digits, or the first
+    character and the domain (`privacy.logsafe`)."""
+    return mask_text(address)
+
+
+# Messages
+
+
+def _address_is(column: InstrumentedAttribute[str], subject: Subject) -> ColumnElement[bool]:
+    if subject.kind == "email":
+        return func.lower(column) == subject.address
+    return column == subject.address
+
+
+def _subject_messages(subject: Subject) -> ColumnElement[bool]:
+    channels = ("email",) if subject.kind == "email" else _PHONE_CHANNELS
+    condition = and_(
+        Message.channel.in_(channels),
+        or_(
+            and_(Message.direction == "outbound", _address_is(Message.to_addr, subject)),
+            and_(Message.direction == "inbound", _address_is(Message.from_addr, subject)),
+        ),
+    )
+    if subject.account_id is not None:
+        condition = and_(Message.account_id == subject.account_id, condition)
+    return condition
+
+
+MESSAGE_COLUMNS = (
+    "id",
+    "account_id",
+    "direction",
+    "channel",
+    "from",
+    "to",
+    "category",
+    "status",
+    "error_code",
+    "provider_error_code",
+    "segments",
+    "encoding",
+    "created_at",
+    "send_at",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "updated_at",
+)
+
+
+async def subject_messages(session: AsyncSession, subject: Subject) -> list[dict[str, Any]]:
+    """The subject's messages, metadata only (never content), oldest first."""
+    rows = await session.execute(
+        select(
+            Message.id,
+            Message.account_id,
+            Message.direction,
+            Message.channel,
+            Message.from_addr,
+            Message.to_addr,
+            Message.category,
+            Message.status,
+            Message.error_code,
+            Message.provider_error_code,
+            Message.segments,
+            Message.encoding,
+            Message.created_at,
+            Message.send_at,
+            Message.sent_at,
+            Message.delivered_at,
+            Message.failed_at,
+            Message.updated_at,
+        )
+        .where(_subject_messages(subject))
+        .order_by(Message.created_at, Message.id)
+    )
+    return [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in rows]
+
+
+async def cancel_pending_messages(
+    session: AsyncSession, subject: Subject, *, now: datetime, request_id: str
+) -> int:
+    """Cancel the subject's scheduled and queued messages (erasure); returns how many."""
+    pending = list(
+        await session.scalars(
+            select(Message)
+            .where(
+                _subject_messages(subject),
+                Message.status.in_([s.value for s in CANCELABLE_STATUSES]),
+            )
+            .with_for_update()
+        )
+    )
+    for message in pending:
+        transition(
+            session,
+            message,
+            Status.CANCELED,
+            at=now,
+            detail={"source": "subject_request", "request_id": request_id},
+        )
+        message.next_attempt_at = None
+    return len(pending)
+
+
+async def count_in_flight(session: AsyncSession, subject: Subject) -> int:
+    """The subject's messages not yet final (being sent, or sent and awaiting a receipt)."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .where(
+            _subject_messages(subject),
+            Message.status.not_in([s.value for s in FINAL_STATUSES]),
+        )
+    )
+    return int(count or 0)
+
+
+# Opt-outs and consents
+
+
+def _in_scope(column: InstrumentedAttribute[str], subject: Subject) -> ColumnElement[bool]:
+    return column == subject.account_id if subject.account_id is not None else column.is_not(None)
+
+
+async def subject_opt_outs(session: AsyncSession, subject: Subject) -> list[OptOut]:
+    query = select(OptOut).where(OptOut.address == subject.address)
+    if subject.account_id is not None:
+        query = query.where(OptOut.account_id == subject.account_id)
+    return list(await session.scalars(query.order_by(OptOut.created_at, OptOut.id)))
+
+
+async def subject_consents(session: AsyncSession, subject: Subject) -> list[ConsentEntry]:
+    query = select(ConsentEntry).where(ConsentEntry.address == subject.address)
+    if subject.account_id is not None:
+        query = query.where(ConsentEntry.account_id == subject.account_id)
+    return list(await session.scalars(query.order_by(ConsentEntry.account_id, ConsentEntry.seq)))
+
+
+async def restrict_subject(
+    session: AsyncSession, subject: Subject, *, request_id: str
+) -> tuple[str, bool]:
+    """Stop every send to the subject: an "all"-channel opt-out (source `subject_request`),
+    the account's or, for an operator's request about the platform, platform-wide. The gate
+    and dispatch's re-check honour it as they honour any opt-out. Returns its id and whether
+    it is new."""
+    opt_out, created = await recipients.add_opt_out(
+        session,
+        account_id=subject.account_id,
+        channel=recipients.ALL_CHANNELS,
+        address=subject.address,
+        source="subject_request",
+        evidence={"request_id": request_id},
+    )
+    return opt_out.id, created
+
+
+# Erasure
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, Any]:
+    """Erase the subject's records (call once none of their messages is in flight); returns
+    the proof: rows removed and rows anonymised per table, and what was kept and why."""
+    ids = list(await session.scalars(select(Message.id).where(_subject_messages(subject))))
+    removed: dict[str, int] = {}
+    anonymised: dict[str, int] = {}
+    removed["message_events"] = 0
+    removed["message_parts"] = 0
+    anonymised["messages"] = 0
+    for start in range(0, len(ids), 500):
+        chunk: Sequence[str] = ids[start : start + 500]
+        removed["message_events"] += _rowcount(
+            await session.execute(delete(MessageEvent).where(MessageEvent.message_id.in_(chunk)))
+        )
+        removed["message_parts"] += _rowcount(
+            await session.execute(delete(MessagePart).where(MessagePart.message_id.in_(chunk)))
+        )
+        emptied: dict[str, Any] = {
+            "subject": None,
+            "body": None,
+            "html": None,
+            "meta": None,
+            "error_message": None,
+            "provider_detail": None,
+            "status_callback": None,
+            "encoding_report": None,
+        }
+        for direction, column in (("outbound", "to_addr"), ("inbound", "from_addr")):
+            anonymised["messages"] += _rowcount(
+                await session.execute(
+                    update(Message)
+                    .where(Message.id.in_(chunk), Message.direction == direction)
+                    .values({**emptied, column: ERASED})
+                    .execution_options(synchronize_session=False)
+                )
+            )
+    history = delete(OptOutEvent).where(OptOutEvent.address == subject.address)
+    if subject.account_id is not None:
+        history = history.where(OptOutEvent.account_id == subject.account_id)
+    removed["opt_out_events"] = _rowcount(await session.execute(history))
+    markers = update(OptOut).where(OptOut.address == subject.address)
+    if subject.account_id is not None:
+        markers = markers.where(OptOut.account_id == subject.account_id)
+    kept_markers = _rowcount(
+        await session.execute(
+            markers.values(evidence=None).execution_options(synchronize_session=False)
+        )
+    )
+    removed["inbound_parts"] = 0
+    if subject.kind == "phone" and subject.account_id is None:
+        # Parts carry no account: only a platform-wide request may remove them.
+        sources = (subject.address, subject.address.lstrip("+"))
+        removed["inbound_parts"] = _rowcount(
+            await session.execute(delete(InboundPart).where(InboundPart.source.in_(sources)))
+        )
+    consents = await session.scalar(
+        select(func.count())
+        .select_from(ConsentEntry)
+        .where(
+            ConsentEntry.address == subject.address,
+            _in_scope(ConsentEntry.account_id, subject),
+        )
+    )
+    return {
+        "removed": removed,
+        "anonymised": anonymised,
+        "retained": {
+            "opt_outs": {
+                "rows": kept_markers,
+                "why": "suppression marker: the subject is never messaged again "
+                "(address kept until the blind index; evidence emptied)",
+            },
+            "messages": {
+                "rows": anonymised["messages"],
+                "why": "billing lines: address, content and metadata removed",
+            },
+            "consent_entries": {
+                "rows": int(consents or 0),
+                "why": "the consent ledger hashes the address into its chain; kept until "
+                "the ledger stores personal fields apart from the hash",
+            },
+        },
+    }
