@@ -97,7 +97,6 @@ async def start_content_keys(settings: Settings, db: Database) -> ContentKeyring
 async def purge_forever(db: Database, settings: Settings) -> None:
     """Every `purge_interval_s`: the purge (`privacy.retention`), then the subject requests
     still open — an erasure that waited for the subject's messages to finish completes here."""
-    records_file = load_records_file(settings)
     while True:
         await asyncio.sleep(settings.purge_interval_s)
         try:
@@ -105,6 +104,7 @@ async def purge_forever(db: Database, settings: Settings) -> None:
         except Exception as exc:
             log.warning("purge failed (%s); it resumes on the next run", type(exc).__name__)
         try:
+            records_file = load_records_file(settings)  # a bad file must not stop the purge
             async with db.unit_of_work() as session:
                 records = await build_records(session, settings, records_file)
                 await process_open_requests(session, SYSTEM_ACTOR, records)

@@ -3,6 +3,8 @@ messages in flight), restriction, deadlines and their extension, and the audit t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +27,8 @@ from amnex.privacy.records import build_records
 from amnex.privacy.subjects import ERASED
 from amnex.recipients import service as recipients
 from amnex.recipients.models import OptOut, OptOutEvent
-from support import AccountHandle, make_account
+from amnex.worker_process import purge_forever
+from support import AccountHandle, eventually, make_account
 
 SUBJECT = "+13125550149"
 OTHER = "+13125550177"
@@ -283,6 +286,31 @@ async def test_erasure_cancels_queued_messages_and_waits_for_one_being_sent(
     assert again.result["canceled_messages"] == 1
     async with db.read_session() as session:
         assert set(await session.scalars(select(Message.to_addr))) == {ERASED}
+
+
+async def test_the_worker_finishes_a_waiting_erasure_after_its_purge(
+    settings: Settings, db: Database, account: AccountHandle
+) -> None:
+    sending = await add_message(db, account.account_id, status="sending")
+    request = await file(db, settings, account.account_id, "erasure")
+    async with db.unit_of_work() as session:
+        (await session.get_one(Message, sending)).status = "delivered"
+
+    chore = asyncio.create_task(
+        purge_forever(db, settings.model_copy(update={"purge_interval_s": 0.05}))
+    )
+
+    async def status() -> str:
+        async with db.read_session() as session:
+            found = await dsr.get_subject_request_or_raise(session, request.id, account.account_id)
+            return found.status
+
+    try:
+        assert await eventually(status, lambda s: s == "completed") == "completed"
+    finally:
+        chore.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chore
 
 
 @pytest.mark.parametrize("type_", ["restriction", "objection"])
