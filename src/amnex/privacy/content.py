@@ -160,7 +160,8 @@ class ContentKeyring:
         if key_id in self._keys or key_id in self._destroyed:
             return
         wrapped = self._box.seal(base64.b64encode(os.urandom(KEY_BYTES)).decode(), context=key_id)
-        try:
+        # Another process may create it first: the reload that follows loads theirs.
+        with contextlib.suppress(IntegrityError):
             async with self._db.unit_of_work() as session:
                 existing = await session.get(ContentKey, key_id)
                 if existing is None:
@@ -177,8 +178,6 @@ class ContentKeyring:
                         target_id=key_id,
                         detail={"period_start": start.isoformat()},
                     )
-        except IntegrityError:
-            pass  # another process created it first: the reload that follows loads theirs
 
     def _unwrap(self, key_id: str, wrapped: str) -> bytes:
         return base64.b64decode(self._box.open(wrapped, context=key_id))

@@ -287,6 +287,37 @@ class _Changes(RootModel[dict[str, Any]]):
     """Some compliance settings, by name; checked once merged with the current ones."""
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
+def _in_body(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors located in the request body, as FastAPI reports them."""
+    return [{**error, "loc": ("body", *error["loc"])} for error in errors]
+
+
+def _patched(model: type[S], stored: dict[str, Any] | None, changes: dict[str, Any]) -> S:
+    """`stored` settings with `changes` applied (null restores a field's default), validated;
+    an unknown field or a bad value is a 422 naming it, and nothing changes."""
+    unknown = sorted(set(changes) - set(model.model_fields))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("body", n), "msg": "unknown field"}
+                for n in unknown
+            ]
+        )
+    current = dict(stored or {})
+    for name, value in changes.items():
+        if value is None:
+            current.pop(name, None)
+        else:
+            current[name] = value
+    try:
+        return model.model_validate(current)
+    except ValidationError as exc:
+        raise RequestValidationError(_in_body(exc.errors())) from None
+
+
 @router.get("/accounts/{account_id}/compliance", response_model=ComplianceSettings)
 async def get_compliance(request: Request, account_id: str, op: Operator) -> Response:
     async with runtime(request).db.unit_of_work() as session:
@@ -313,26 +344,7 @@ async def update_compliance(request: Request, account_id: str, op: Operator) -> 
     rt = runtime(request)
     async with rt.db.unit_of_work() as session:
         account = await service.get_account_or_raise(session, account_id)
-        current = dict(account.settings.get("compliance") or {})
-        unknown = sorted(set(changes) - set(ComplianceSettings.model_fields))
-        if unknown:
-            raise RequestValidationError(
-                [
-                    {"type": "extra_forbidden", "loc": ("body", name), "msg": "unknown field"}
-                    for name in unknown
-                ]
-            )
-        for name, value in changes.items():
-            if value is None:
-                current.pop(name, None)
-            else:
-                current[name] = value
-        try:
-            updated = ComplianceSettings.model_validate(current)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-            ) from None
+        updated = _patched(ComplianceSettings, account.settings.get("compliance"), changes)
         account.settings = {
             **account.settings,
             "compliance": updated.model_dump(mode="json", exclude_defaults=True),
@@ -380,31 +392,10 @@ async def update_retention(request: Request, account_id: str, op: Operator) -> R
     rt = runtime(request)
     async with rt.db.unit_of_work() as session:
         account = await service.get_account_or_raise(session, account_id)
-        current = dict(account.settings.get("retention") or {})
-        unknown = sorted(set(changes) - set(RetentionSettings.model_fields))
-        if unknown:
-            raise RequestValidationError(
-                [
-                    {"type": "extra_forbidden", "loc": ("body", name), "msg": "unknown field"}
-                    for name in unknown
-                ]
-            )
-        for name, value in changes.items():
-            if value is None:
-                current.pop(name, None)
-            else:
-                current[name] = value
-        try:
-            updated = RetentionSettings.model_validate(current)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-            ) from None
+        updated = _patched(RetentionSettings, account.settings.get("retention"), changes)
         over = limit_errors(updated, rt.settings, set(changes))
         if over:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in over]
-            )
+            raise RequestValidationError(_in_body(over))
         stored = updated.model_dump(mode="json", exclude_defaults=True)
         # No key at all when every field is at its default: the purge then treats the
         # account with every other one, in its single default pass.

@@ -6,7 +6,7 @@ or deleted; a withdrawal is a new entry with `"action": "revoked"`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,6 +28,7 @@ from amnex.api.routes.optouts import (
     create_idempotently,
     csv_response,
     export_filters,
+    export_pages,
     key_actor,
     wants_csv,
 )
@@ -143,19 +144,14 @@ async def list_consents(
     db = runtime(request).db
     if wants_csv(request, format_):
 
-        async def pages() -> AsyncIterator[list[dict[str, Any]]]:
-            after: str | None = None
-            while True:
-                async with db.read_session() as session:
-                    rows, after = await service.list_consents(
-                        session, ctx.account_id, filters, limit=EXPORT_PAGE_SIZE, cursor=after
-                    )
-                yield [service.consent_out(row) for row in rows]
-                if after is None:
-                    return
+        def fetch(session: AsyncSession, after: str | None) -> Awaitable[Any]:
+            return service.list_consents(
+                session, ctx.account_id, filters, limit=EXPORT_PAGE_SIZE, cursor=after
+            )
 
         await audit_read(db, ctx, "consent.export", "consent", "*", export_filters(filters))
-        return csv_response(request, "consents.csv", CONSENT_COLUMNS, pages())
+        pages = export_pages(db, fetch, service.consent_out)
+        return csv_response(request, "consents.csv", CONSENT_COLUMNS, pages)
     async with db.read_session() as session:
         rows, next_cursor = await service.list_consents(
             session, ctx.account_id, filters, limit=limit, cursor=cursor

@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -267,6 +267,24 @@ def csv_response(
 
 
 EXPORT_PAGE_SIZE = 1000
+R = TypeVar("R")
+
+
+async def export_pages(
+    db: Database,
+    fetch: Callable[[AsyncSession, str | None], Awaitable[tuple[Sequence[R], str | None]]],
+    out: Callable[[R], dict[str, Any]],
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every row `fetch` lists, page by page (`EXPORT_PAGE_SIZE`), each page in its own
+    session, as `out` renders it: what `csv_response` streams."""
+    after: str | None = None
+    while True:
+        async with db.read_session() as session:
+            rows, after = await fetch(session, after)
+        yield [out(row) for row in rows]
+        if after is None:
+            return
+
 
 # Schemas
 
@@ -386,19 +404,14 @@ async def list_opt_outs(
     db = runtime(request).db
     if wants_csv(request, format_):
 
-        async def pages() -> AsyncIterator[list[dict[str, Any]]]:
-            after: str | None = None
-            while True:
-                async with db.read_session() as session:
-                    rows, after = await service.list_opt_outs(
-                        session, ctx.account_id, filters, limit=EXPORT_PAGE_SIZE, cursor=after
-                    )
-                yield [service.opt_out_out(row) for row in rows]
-                if after is None:
-                    return
+        def fetch(session: AsyncSession, after: str | None) -> Awaitable[Any]:
+            return service.list_opt_outs(
+                session, ctx.account_id, filters, limit=EXPORT_PAGE_SIZE, cursor=after
+            )
 
         await audit_read(db, ctx, "opt_out.export", "opt_out", "*", export_filters(filters))
-        return csv_response(request, "opt-outs.csv", OPT_OUT_COLUMNS, pages())
+        pages = export_pages(db, fetch, service.opt_out_out)
+        return csv_response(request, "opt-outs.csv", OPT_OUT_COLUMNS, pages)
     async with db.read_session() as session:
         rows, next_cursor = await service.list_opt_outs(
             session, ctx.account_id, filters, limit=limit, cursor=cursor
