@@ -17,12 +17,15 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
-from amnex.privacy.crypto import generate_key
+from amnex.privacy.audit import AuditChainHead, AuditEntry, AuditPersonal
+from amnex.privacy.crypto import SecretBox, generate_key
+from amnex.privacy.keys import start_address_keys
 from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
 from support import AccountHandle, StartSink, StartSmsc, make_account, truncate_all
@@ -118,16 +121,21 @@ SUITE_MASTER_KEY = generate_key()
 
 
 @pytest.fixture
-def base_settings(database_url: str, redis_url: str | None) -> Settings:
+def base_settings(
+    request: pytest.FixtureRequest, database_url: str, redis_url: str | None
+) -> Settings:
     """Settings for the suite's database; tests add what they need with model_copy(update=…).
 
-    With a master key, as every deployment should have: message content is encrypted at
-    rest in every test (a test about running without one sets `master_key=None`).
+    With a master key, as every deployment should have: message content and addresses are
+    encrypted at rest in every test. A test about running without one is marked
+    `no_master_key`: its database is then set up unkeyed too, as a deployment without a key
+    is (a keyed database refuses processes without the key).
     """
+    keyed = request.node.get_closest_marker("no_master_key") is None
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
-        master_key=SecretStr(SUITE_MASTER_KEY),
+        master_key=SecretStr(SUITE_MASTER_KEY) if keyed else None,
         poll_interval_s=0.05,
         retry_base_s=0.05,
         retry_max_s=0.2,
@@ -186,12 +194,27 @@ def settings(base_settings: Settings, sink: SmtpSink) -> Settings:
 
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
+    """The suite's database, with the address keyring a process installs at start (so rows a
+    test writes directly are sealed and indexed as the API's are)."""
     database = Database(settings)
+    ring = await start_address_keys(database, SecretBox.from_settings(settings))
     try:
         yield database
     finally:
+        if ring is not None:
+            await ring.close()
         await truncate_all(database)
         await database.dispose()
+
+
+@pytest.fixture
+async def empty_audit_log(db: Database) -> None:
+    """An empty audit log, for storage tests that write audit entries as plain rows (the
+    keyring's own entries, written when `db` started it, are removed)."""
+    async with db.unit_of_work() as session:
+        await session.execute(delete(AuditPersonal))
+        await session.execute(delete(AuditEntry))
+        await session.execute(delete(AuditChainHead))
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from amnex.accounts import service as accounts
 from amnex.api.app import create_app
@@ -195,8 +196,10 @@ async def serve_system(settings: Settings, db: Database) -> AsyncIterator[ApiSer
 
 
 def with_master_key(settings: Settings, **more: Any) -> Settings:
-    """Settings that can store connector passwords (a fresh master key)."""
-    return settings.model_copy(update={"master_key": SecretStr(generate_key()), **more})
+    """Settings that can store connector passwords: the suite's master key (the one the
+    database was set up with), or a fresh one when the settings have none."""
+    key = settings.master_key or SecretStr(generate_key())
+    return settings.model_copy(update={"master_key": key, **more})
 
 
 async def add_smpp_route(
@@ -304,3 +307,38 @@ def server_tls_context(directory: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certfile, keyfile)
     return context
+
+
+# Tables that hold personal data: what `on_disk` scans on PostgreSQL.
+PERSONAL_TABLES = (
+    "messages",
+    "opt_outs",
+    "opt_out_events",
+    "consent_entries",
+    "inbound_parts",
+    "subject_requests",
+    "subject_request_exports",
+    "audit_personal",
+)
+
+
+async def on_disk(db: Database, needle: str, tables: tuple[str, ...] = ("messages",)) -> bool:
+    """Whether `needle` is anywhere in the database's files: SQLite's file and WAL, or the
+    PostgreSQL heap files of `tables` after a checkpoint."""
+    probe = needle.encode()
+    if db.is_sqlite:
+        path = Path(str(make_url(db.url).database))
+        files = [path, Path(f"{path}-wal")]
+        return any(f.exists() and probe in f.read_bytes() for f in files)
+    async with db.engine.connect() as conn:
+        await conn.execute(text("CHECKPOINT"))
+        for table in tables:
+            relation = (
+                await conn.execute(text("SELECT pg_relation_filepath(:t)"), {"t": table})
+            ).scalar()
+            data = (
+                await conn.execute(text("SELECT pg_read_binary_file(:p)"), {"p": relation})
+            ).scalar()
+            if data is not None and probe in bytes(data):
+                return True
+    return False

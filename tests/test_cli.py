@@ -406,5 +406,15 @@ def test_purge_reports_what_is_due_and_records_its_run(cli_db: str) -> None:
     dry = json.loads(run("purge", "--dry-run", "--json"))
     done = run("purge")
 
-    assert dry == {"dry_run": True, "content": 0, "metadata": 0}
-    assert done.strip() == "content purged: 0; metadata purged: 0; content keys destroyed: 0"
+    assert dry == {
+        "dry_run": True,
+        "content": 0,
+        "metadata": 0,
+        "exports": 0,
+        "audit_personal": 0,
+        "audit_entries": 0,
+    }
+    assert done.strip() == (
+        "content purged: 0; metadata purged: 0; exports purged: 0; audit personal purged: 0; "
+        "audit entries purged: 0; content keys destroyed: 0"
+    )

@@ -22,6 +22,7 @@ from amnex.errors import AmnexError
 if TYPE_CHECKING:
     from amnex.carriers.models import Connector
     from amnex.privacy.crypto import SecretBox
+    from amnex.privacy.rotation import RotationReport
     from amnex.simulators.smsc import SmscSimulator
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Amnex A2P messaging platform.")
@@ -32,7 +33,10 @@ senders_app = typer.Typer(no_args_is_help=True, help="Verified senders of an acc
 operators_app = typer.Typer(no_args_is_help=True, help="Named operators with admin tokens.")
 connectors_app = typer.Typer(no_args_is_help=True, help="Carrier connections (SMPP accounts).")
 routes_app = typer.Typer(no_args_is_help=True, help="Which connectors carry which messages.")
-crypto_app = typer.Typer(no_args_is_help=True, help="The master key that seals carrier passwords.")
+crypto_app = typer.Typer(
+    no_args_is_help=True,
+    help="The master key that wraps the keys of content, addresses and carrier passwords.",
+)
 privacy_app = typer.Typer(no_args_is_help=True, help="The privacy report (attestation).")
 simulate_app = typer.Typer(no_args_is_help=True, help="Local carrier simulators, for testing.")
 app.add_typer(db_app, name="db")
@@ -179,10 +183,11 @@ def purge(
         _print_json(counts)
         return
     verb = "due" if dry_run else "purged"
-    print(
-        f"content {verb}: {counts.get('content', 0)}; metadata {verb}: {counts.get('metadata', 0)}"
-        + ("" if dry_run else f"; content keys destroyed: {counts.get('keys_destroyed', 0)}")
-    )
+    steps = ("content", "metadata", "exports", "audit_personal", "audit_entries")
+    line = "; ".join(f"{step.replace('_', ' ')} {verb}: {counts.get(step, 0)}" for step in steps)
+    if not dry_run:
+        line += f"; content keys destroyed: {counts.get('keys_destroyed', 0)}"
+    print(line)
 
 
 def _require_current_schema(settings: Settings) -> None:
@@ -255,6 +260,30 @@ def accounts_create(
 
     account_id, key = _with_db(_settings(config), work)
     print(f"account_id: {account_id}\napi_key: {key}\n(the key is shown once; store it now)")
+
+
+@accounts_app.command("close")
+def accounts_close(
+    account_id: Annotated[str, typer.Argument(help="The account to close (acc_...).")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Close an account for good: its data key destroyed, its messages kept only as billing
+    lines, its recipients' records, keys and senders deleted. Prints the proof."""
+    from amnex.accounts.closure import close_account
+    from amnex.clock import utc_now
+
+    if not yes:
+        typer.confirm(f"Close {account_id} for good? This cannot be undone", abort=True)
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        return await close_account(
+            session, account_id, actor=_actor(), actor_id=None, reason=reason, now=utc_now()
+        )
+
+    proof = _with_db(_settings(config), work)
+    print(json.dumps(proof, indent=2, sort_keys=True))
 
 
 AccountOption = Annotated[str, typer.Option("--account", help="Account id (acc_...).")]
@@ -735,6 +764,54 @@ def crypto_generate_key() -> None:
     from amnex.privacy.crypto import generate_key
 
     print(generate_key())
+
+
+@crypto_app.command("rotate-master")
+def crypto_rotate_master(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be re-wrapped; change nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Re-wrap every key and secret sealed under a previous master key with the current one
+    (AMNEX_MASTER_KEY), opening them with AMNEX_PREVIOUS_MASTER_KEYS; see docs/privacy.md."""
+    from amnex.db.engine import Database
+    from amnex.privacy.rotation import rotate_master
+
+    settings = _settings(config)
+    box = _secret_box(settings)
+    if not box.available:
+        raise SystemExit("error: no master key: set AMNEX_MASTER_KEY to the new key first")
+    _require_current_schema(settings)
+
+    async def run() -> RotationReport:
+        db = Database(settings)
+        try:
+            return await rotate_master(db, box, actor=_actor(), dry_run=dry_run)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    if as_json:
+        _print_json({"dry_run": report.dry_run, "ok": report.ok, "tables": report.counts()})
+    else:
+        done = "due" if dry_run else "rewrapped"
+        print(f"{'table':<14}{done:>10}{'current':>10}{'changed':>10}{'unreadable':>12}")
+        for table in report.tables:
+            print(
+                f"{table.table:<14}{table.rewrapped:>10}{table.current:>10}"
+                f"{table.changed:>10}{len(table.unreadable):>12}"
+            )
+    if not report.ok:
+        unreadable = "; ".join(
+            f"{t.table}: {', '.join(t.unreadable)}" for t in report.tables if t.unreadable
+        )
+        raise SystemExit(
+            f"error: these values open with no configured master key and were left as they "
+            f"are ({unreadable}); add the key they were sealed with to "
+            f"AMNEX_PREVIOUS_MASTER_KEYS (or check AMNEX_MASTER_KEY) and run again"
+        )
 
 
 @privacy_app.command("report")

@@ -152,6 +152,21 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How often `amnex worker` runs the purge."
     )
     purge_chunk: int = Field(1000, ge=1, le=100_000, description="Rows per purge transaction.")
+    audit_retention_days: int = Field(
+        2_190,
+        ge=30,
+        description="Audit entries older than this (6 years) are deleted by the purge; each "
+        "chain keeps verifying from an anchor at its oldest remaining entry.",
+    )
+    audit_personal_retention_days: int = Field(
+        365,
+        ge=1,
+        description="The personal fields of audit entries (a person's name, an address) are "
+        "deleted this long after the entry; the entry and its chain stay.",
+    )
+    subject_export_ttl_days: int = Field(
+        30, ge=1, description="An access or portability export can be downloaded this long."
+    )
     privacy_records_file: Path | None = Field(
         None,
         description="A TOML file with the records of processing (controller, privacy contact, "
@@ -162,11 +177,17 @@ class Settings(BaseSettings):
     # Secrets at rest
     master_key: SecretStr | None = Field(
         None,
-        description="32 random bytes, base64: encrypts carrier passwords at rest. "
+        description="32 random bytes, base64: wraps every key that encrypts data at rest "
+        "(content, addresses, carrier passwords). "
         "Generate with `amnex crypto generate-key`.",
     )
     master_key_file: Path | None = Field(
         None, description="A file holding the master key (base64), instead of `master_key`."
+    )
+    previous_master_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated earlier master keys, accepted for opening keys while "
+        "`amnex crypto rotate-master` re-wraps them under the current one.",
     )
 
     # Email channel (SMTP relay or the recipient's server)

@@ -26,7 +26,8 @@
     │   └── VelocityLimited         velocity_limited  429  (`prefix_velocity_per_minute`)
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
         ├── DatabaseUnavailable     database_unavailable 503
-        └── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
+        ├── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
+        └── KeysUnavailable         keys_unavailable   503  (address keys not loaded yet)
 
 Delivery errors raised by channels are a separate family (`channels.base`): they never reach
 an HTTP client, they decide retries.
@@ -270,6 +271,11 @@ class DatabaseUnavailable(ServiceUnavailable):
 class MasterKeyMissing(ServiceUnavailable):
     code = "master_key_missing"
     title = "No master key is configured, so secrets cannot be stored"
+
+
+class KeysUnavailable(ServiceUnavailable):
+    code = "keys_unavailable"
+    title = "The keys that protect personal data are not loaded yet"
 
 
 def all_error_classes() -> list[type[AmnexError]]:

@@ -20,6 +20,7 @@ from amnex.db.engine import Database
 from amnex.messages.accept import AcceptWriter
 from amnex.privacy.content import ContentKeyring
 from amnex.privacy.crypto import SecretBox
+from amnex.privacy.keys import AddressKeyring, start_address_keys
 
 
 def tune_gc_for_serving() -> None:
@@ -54,8 +55,10 @@ class Runtime:
     routes: RouteCache
     secret_box: SecretBox
     geo: GeoPolicy
-    # Message content is encrypted under these keys (None without a master key).
+    # Message content is encrypted under these keys, addresses under the account's data keys
+    # (None without a master key).
     content_keys: ContentKeyring | None = None
+    address_keys: AddressKeyring | None = None
     # In `amnex dev` only: the simulators, inspectable under /_dev/.
     simulators: dict[str, Any] = field(default_factory=dict)
 
@@ -92,6 +95,7 @@ class Runtime:
         )
 
     async def start(self) -> None:
+        self.address_keys = await start_address_keys(self.db, self.secret_box)
         if self.secret_box.available:
             self.content_keys = await ContentKeyring.start(
                 self.db, self.secret_box, period_s=self.settings.content_key_period_s
@@ -103,6 +107,9 @@ class Runtime:
         if self.content_keys is not None:
             await self.content_keys.close()
             self.content_keys = None
+        if self.address_keys is not None:
+            await self.address_keys.close()
+            self.address_keys = None
         await self.routes.close()
         await self.writer.close()
         await self.auth.close()

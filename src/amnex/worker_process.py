@@ -24,6 +24,7 @@ from amnex.email.receiver import BounceReceiver
 from amnex.messages.idempotency import purge_expired_idempotency_keys
 from amnex.privacy.content import ContentKeyring, WrongMasterKey
 from amnex.privacy.crypto import SecretBox
+from amnex.privacy.keys import AddressKeyring, start_address_keys
 from amnex.privacy.records import build_records, load_records_file
 from amnex.privacy.requests import SYSTEM_ACTOR, process_open_requests
 from amnex.privacy.retention import purge_once
@@ -123,9 +124,11 @@ class WorkerParts:
     # The SMTP server for bounces and complaints, when `bounce_listen_port` is set.
     bounce_receiver: BounceReceiver | None = None
     content_keys: ContentKeyring | None = None
+    address_keys: AddressKeyring | None = None
 
     @classmethod
     async def start(cls, settings: Settings, db: Database) -> WorkerParts:
+        address_keys = await start_address_keys(db, SecretBox.from_settings(settings))
         content_keys = await start_content_keys(settings, db)
         routes = RouteCache(
             db, static_channels=static_channels(settings), ttl_s=settings.route_cache_ttl_s
@@ -136,7 +139,9 @@ class WorkerParts:
         channels = build_channels(settings, db, routes=routes, deliveries=deliveries)
         for channel in channels.values():
             await channel.start()
-        parts = cls(routes, deliveries, channels, content_keys=content_keys)
+        parts = cls(
+            routes, deliveries, channels, content_keys=content_keys, address_keys=address_keys
+        )
         if settings.bounce_listen_port is not None:
             try:
                 parts.bounce_receiver = BounceReceiver(settings, db)
@@ -169,6 +174,8 @@ class WorkerParts:
         await self.routes.close()
         if self.content_keys is not None:
             await self.content_keys.close()
+        if self.address_keys is not None:
+            await self.address_keys.close()
 
 
 async def run_worker(settings: Settings) -> None:

@@ -141,6 +141,7 @@ async def test_the_password_is_stored_sealed_and_opens_only_with_the_master_key(
     assert opened.password == PASSWORD
 
 
+@pytest.mark.no_master_key
 async def test_a_password_needs_a_master_key_and_nothing_is_stored_without_one(
     settings: Settings, db: Database, operator: dict[str, str]
 ) -> None:

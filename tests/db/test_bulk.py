@@ -17,6 +17,8 @@ from amnex.privacy.audit import AuditEntry
 AUDIT = Base.metadata.tables[AuditEntry.__tablename__]
 ACCOUNTS = Base.metadata.tables[Account.__tablename__]
 
+pytestmark = pytest.mark.usefixtures("empty_audit_log")
+
 
 def audit_row(i: int) -> dict[str, object]:
     return {

@@ -13,6 +13,8 @@ from amnex.db.bulk import update_rows
 from amnex.db.engine import Database
 from amnex.privacy.audit import AuditEntry, record_audit
 
+pytestmark = pytest.mark.usefixtures("empty_audit_log")
+
 
 async def audit_count(db: Database) -> int:
     async with db.read_session() as session:

@@ -17,9 +17,13 @@ from amnex.db.engine import Database
 from support import AccountHandle, eventually, free_socket, write_self_signed_certificate
 
 
-def serve_env(database_url: str, **extra: str) -> dict[str, str]:
+def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMNEX_")}
-    env.update({"AMNEX_DATABASE_URL": database_url, "AMNEX_SMTP_HOST": "127.0.0.1", **extra})
+    env.update(
+        {"AMNEX_DATABASE_URL": settings.database_url, "AMNEX_SMTP_HOST": "127.0.0.1", **extra}
+    )
+    if settings.master_key is not None:  # the key the suite's database was set up with
+        env["AMNEX_MASTER_KEY"] = settings.master_key.get_secret_value()
     return env
 
 
@@ -33,7 +37,7 @@ async def test_serve_speaks_https_with_hsts(
     proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child process, never awaited
         [sys.executable, "-m", "amnex", "serve", "--port", str(port),
          "--certfile", str(certfile), "--keyfile", str(keyfile)],
-        env=serve_env(settings.database_url),
+        env=serve_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -68,7 +72,7 @@ def test_serve_and_worker_refuse_a_database_that_was_not_upgraded(tmp_path: Path
     for command in ("serve", "worker"):
         result = subprocess.run(
             [sys.executable, "-m", "amnex", command],
-            env=serve_env(url),
+            env=serve_env(Settings(database_url=url, master_key=None)),
             capture_output=True,
             text=True,
             timeout=60,

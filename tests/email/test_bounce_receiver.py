@@ -22,6 +22,7 @@ from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.email.receiver import BounceReceiver
 from amnex.messages.models import Message, MessageEvent
+from amnex.privacy.keys import open_address
 from amnex.recipients.models import OptOut, OptOutEvent
 from amnex.simulators import smtp_sink
 from amnex.simulators.smtp_sink import SmtpSink, build_dsn
@@ -210,7 +211,11 @@ async def test_a_hard_bounce_makes_the_message_undelivered_and_suppresses_its_re
     assert event.detail["provider_error_code"] == "5.1.1"
     # And the recipient is on the account's suppression list for email, with the evidence
     [opt_out] = await opt_outs(db, account)
-    assert (opt_out.channel, opt_out.address, opt_out.source) == ("email", TO, "bounce")
+    assert (opt_out.channel, open_address(opt_out.address), opt_out.source) == (
+        "email",
+        TO,
+        "bounce",
+    )
     assert opt_out.evidence is not None
     assert opt_out.evidence["message_id"] == message_id
     assert opt_out.evidence["status"] == "5.1.1"
@@ -304,7 +309,8 @@ async def test_one_report_to_two_bounce_addresses_applies_to_both_messages(
 
     assert (await get_message(db, first)).status == "undelivered"
     assert (await get_message(db, second)).status == "undelivered"
-    assert sorted(o.address for o in await opt_outs(db, account)) == [TO, "erin90@example.org"]
+    stored = [open_address(o.address) or "" for o in await opt_outs(db, account)]
+    assert sorted(stored) == [TO, "erin90@example.org"]
 
 
 # Complaints, delays and other mail
@@ -322,7 +328,11 @@ async def test_a_complaint_suppresses_the_recipient_and_leaves_the_status(
     assert (await get_message(db, message_id)).status == "delivered"
     assert await events(db, message_id) == []
     [opt_out] = await opt_outs(db, account)
-    assert (opt_out.channel, opt_out.address, opt_out.source) == ("email", TO, "complaint")
+    assert (opt_out.channel, open_address(opt_out.address), opt_out.source) == (
+        "email",
+        TO,
+        "complaint",
+    )
     assert opt_out.evidence == {"message_id": message_id, "feedback_type": "abuse"}
     assert await opt_out_event_count(db, account) == 1
     assert bounces_counted("complaint") == before + 2

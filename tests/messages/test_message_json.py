@@ -41,7 +41,7 @@ def test_message_json_is_the_message_object_as_the_model_serialises_it() -> None
         }
     )
     prepared = prepare_message(CTX, request, now=utc_now(), routes=EMAIL_ONLY)
-    fast = message_json(prepared.row)
+    fast = message_json(prepared.row, to=prepared.to)
     model = message_out(prepared.row).model_dump_json(by_alias=True).encode()
     assert fast == model
     assert "from" in json.loads(fast)

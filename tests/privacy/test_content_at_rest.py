@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 
 from amnex.clock import utc_now
 from amnex.config import Settings
@@ -26,7 +24,7 @@ from amnex.privacy.content import (
 )
 from amnex.privacy.crypto import SecretBox, generate_key
 from amnex.privacy.retention import PurgeRun, purge_once
-from support import AccountHandle, eventually, serve_api, serve_system
+from support import AccountHandle, eventually, on_disk, serve_api, serve_system
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,24 +45,6 @@ async def raw_content(db: Database, message_id: str) -> tuple[str | None, str | 
             )
         ).one()
     return row[0], row[1]
-
-
-async def on_disk(db: Database, needle: str) -> bool:
-    """Whether `needle` is anywhere in the database's files: SQLite's file and WAL, or the
-    PostgreSQL heap file of `messages` after a checkpoint."""
-    probe = needle.encode()
-    if db.is_sqlite:
-        path = Path(str(make_url(db.url).database))
-        files = [path, Path(f"{path}-wal")]
-        return any(f.exists() and probe in f.read_bytes() for f in files)
-    async with db.engine.connect() as conn:
-        await conn.execute(text("CHECKPOINT"))
-        relation = (await conn.execute(text("SELECT pg_relation_filepath('messages')"))).scalar()
-        data = (
-            await conn.execute(text("SELECT pg_read_binary_file(:p)"), {"p": relation})
-        ).scalar()
-    assert data is not None
-    return probe in bytes(data)
 
 
 async def test_content_is_stored_encrypted_and_read_back_in_clear(
@@ -180,6 +160,7 @@ async def test_a_spent_key_is_destroyed_and_a_stale_copy_no_longer_opens(
     assert ("content_key.destroy", key_id) in key_events
 
 
+@pytest.mark.no_master_key
 async def test_without_a_master_key_content_is_stored_as_it_is(
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:

@@ -17,6 +17,7 @@ from amnex.privacy.crypto import (
     ensure_key_file,
     generate_key,
     load_master_key,
+    load_previous_master_keys,
     parse_key,
 )
 
@@ -172,3 +173,72 @@ def test_ensure_key_file_creates_an_owner_only_key_once(tmp_path: Path) -> None:
     assert path.read_text() == key
     assert len(parse_key(key)) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --- previous master keys (rotation) ---------------------------------------------------------
+
+
+def test_a_box_opens_values_under_a_previous_key_and_seals_under_the_current_one() -> None:
+    old, new = parse_key(generate_key()), parse_key(generate_key())
+    under_old = SecretBox(old).seal("s3cret!", context=CONTEXT)
+    rotated = SecretBox(new, previous=[old])
+
+    resealed = rotated.seal("s3cret!", context=CONTEXT)
+
+    assert rotated.open(under_old, context=CONTEXT) == "s3cret!"
+    assert SecretBox(new).open(resealed, context=CONTEXT) == "s3cret!"
+    with pytest.raises(CryptoError):
+        SecretBox(old).open(resealed, context=CONTEXT)
+    with pytest.raises(CryptoError):
+        rotated.open(under_old, context="connector:con_two")
+
+
+def test_reseal_moves_a_value_to_the_current_key_once_and_refuses_an_unknown_key() -> None:
+    old, new, stranger = (parse_key(generate_key()) for _ in range(3))
+    under_old = SecretBox(old).seal("s3cret!", context=CONTEXT)
+    rotated = SecretBox(new, previous=[old])
+
+    resealed = rotated.reseal(under_old, context=CONTEXT)
+
+    assert not rotated.opens_with_current(under_old, context=CONTEXT)
+    assert resealed is not None
+    assert rotated.opens_with_current(resealed, context=CONTEXT)
+    assert SecretBox(new).open(resealed, context=CONTEXT) == "s3cret!"
+    assert rotated.reseal(resealed, context=CONTEXT) is None
+    assert not rotated.opens_with_current("not sealed", context=CONTEXT)
+    with pytest.raises(CryptoError):
+        rotated.reseal(SecretBox(stranger).seal("x", context=CONTEXT), context=CONTEXT)
+
+
+def test_previous_keys_are_read_from_settings_in_order() -> None:
+    first, second, current = generate_key(), generate_key(), generate_key()
+    settings = Settings(
+        master_key=SecretStr(current), previous_master_keys=SecretStr(f" {first} ,{second},")
+    )
+    under_second = SecretBox(parse_key(second)).seal("s3cret!", context=CONTEXT)
+
+    box = SecretBox.from_settings(settings)
+
+    assert load_previous_master_keys(settings) == [parse_key(first), parse_key(second)]
+    assert box.previous_count == 2
+    assert box.open(under_second, context=CONTEXT) == "s3cret!"
+    assert load_previous_master_keys(key_settings()) == []
+
+
+def test_a_bad_previous_key_is_named_by_its_position() -> None:
+    settings = Settings(
+        master_key=SecretStr(generate_key()),
+        previous_master_keys=SecretStr(f"{generate_key()},not a key!"),
+    )
+
+    with pytest.raises(CryptoError, match="previous master key 2 is not valid base64"):
+        SecretBox.from_settings(settings)
+
+
+def test_previous_keys_without_a_current_one_are_refused() -> None:
+    settings = Settings(
+        master_key=None, master_key_file=None, previous_master_keys=SecretStr(generate_key())
+    )
+
+    with pytest.raises(CryptoError, match="no current one"):
+        SecretBox.from_settings(settings)

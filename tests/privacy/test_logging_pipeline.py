@@ -268,6 +268,8 @@ async def test_serve_with_json_logs_writes_no_plaintext_address(
             "AMNEX_LOG_FORMAT": "json",
         }
     )
+    if settings.master_key is not None:  # the key the suite's database was set up with
+        env["AMNEX_MASTER_KEY"] = settings.master_key.get_secret_value()
     proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child process, never awaited
         [sys.executable, "-m", "amnex", "serve", "--port", str(port)],
         env=env,

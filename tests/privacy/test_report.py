@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import update
 
 from amnex.clock import utc_now
@@ -14,6 +15,7 @@ from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.messages.models import Message
+from amnex.privacy.crypto import generate_key
 from amnex.privacy.records import load_records_file
 from amnex.privacy.report import PrivacyReport, build_report, render_text
 from amnex.privacy.requests import SubjectRequest
@@ -60,6 +62,7 @@ async def test_encryption_is_reported_on_with_the_suites_master_key(
     assert not any("unencrypted" in finding for finding in report.findings)
 
 
+@pytest.mark.no_master_key
 async def test_a_message_stored_without_a_master_key_is_counted_as_unencrypted(
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:
@@ -68,7 +71,9 @@ async def test_a_message_stored_without_a_master_key_is_counted_as_unencrypted(
 
     without = await report_of(db, plain)
     # The key configured later does not encrypt what was stored before it
-    later = await report_of(db, settings)
+    later = await report_of(
+        db, settings.model_copy(update={"master_key": SecretStr(generate_key())})
+    )
 
     assert without.encryption.master_key_configured is False
     assert without.encryption.unencrypted_messages == 1
@@ -138,9 +143,20 @@ async def test_purges_are_summarised_over_a_day_and_a_month(
     assert report.purges.last_run_at is not None
     assert report.purges.last_run_at >= now
     assert report.purges.last_24h.runs == 1
-    assert report.purges.last_24h.counts == {"content": 0, "metadata": 0, "keys_destroyed": 0}
+    audit_and_exports = {"exports": 0, "audit_personal": 0, "audit_entries": 0}
+    assert report.purges.last_24h.counts == {
+        "content": 0,
+        "metadata": 0,
+        "keys_destroyed": 0,
+        **audit_and_exports,
+    }
     assert report.purges.last_30d.runs == 2
-    assert report.purges.last_30d.counts == {"content": 5, "metadata": 1, "keys_destroyed": 0}
+    assert report.purges.last_30d.counts == {
+        "content": 5,
+        "metadata": 1,
+        "keys_destroyed": 0,
+        **audit_and_exports,
+    }
     assert not any("no purge ran" in f for f in report.findings)
 
 

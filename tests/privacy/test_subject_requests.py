@@ -21,12 +21,14 @@ from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.errors import Conflict, ValidationFailed
 from amnex.messages.models import Message, MessageEvent
+from amnex.messages.service import address_columns
 from amnex.privacy import requests as dsr
 from amnex.privacy.audit import AuditEntry, AuditPersonal, verify_audit_chain
+from amnex.privacy.keys import blind_index, open_address
 from amnex.privacy.records import build_records
 from amnex.privacy.subjects import ERASED
 from amnex.recipients import service as recipients
-from amnex.recipients.models import OptOut, OptOutEvent
+from amnex.recipients.models import ConsentEntry, OptOut, OptOutEvent
 from amnex.worker_process import purge_forever
 from support import AccountHandle, eventually, make_account
 
@@ -55,8 +57,9 @@ async def add_message(
                 account_id=account_id,
                 channel="sms",
                 direction=direction,
-                from_addr=from_addr,
-                to_addr=to_addr,
+                **address_columns(
+                    account_id, direction=direction, from_addr=from_addr, to_addr=to_addr
+                ),
                 category="transactional",
                 status=status,
                 segments=1,
@@ -228,17 +231,25 @@ async def test_erasure_anonymises_messages_keeps_the_opt_out_marker_and_reports_
         markers = list(await session.scalars(select(OptOut)))
         history = list(await session.scalars(select(OptOutEvent)))
         chain = await recipients.verify_chain(session, account.account_id)
+        consents = list(await session.scalars(select(ConsentEntry)))
     assert rows[sent].to_addr == ERASED
     assert rows[heard].from_addr == ERASED
     assert rows[sent].meta is None
     assert rows[sent].segments == 1
-    assert rows[other].to_addr == OTHER
+    assert open_address(rows[other].to_addr) == OTHER
+    assert rows[sent].peer_index is None
     assert events == [other]
     # the opt-out stays as the suppression marker, its evidence emptied; its history goes
-    assert [(m.address, m.evidence) for m in markers] == [(SUBJECT, None)]
+    # (only its blind index: the sealed address goes too)
+    assert [(m.address_index, m.address, m.evidence) for m in markers] == [
+        (blind_index(SUBJECT), None, None)
+    ]
     assert history == []
-    # the consent ledger still verifies: its entries are kept (see privacy/subjects.py)
+    # the consent ledger still verifies: its entries are kept without their personal fields
     assert chain.valid
+    assert [(c.address, c.address_index, c.evidence, c.personal_salt) for c in consents] == [
+        (None, None, None, None)
+    ]
     assert request.result is not None
     assert request.result["removed"] == {
         "message_events": 2,
@@ -246,7 +257,7 @@ async def test_erasure_anonymises_messages_keeps_the_opt_out_marker_and_reports_
         "opt_out_events": 1,
         "inbound_parts": 0,
     }
-    assert request.result["anonymised"] == {"messages": 2}
+    assert request.result["anonymised"] == {"messages": 2, "consent_entries": 1}
     assert request.result["retained"]["opt_outs"]["rows"] == 1
     assert request.result["retained"]["consent_entries"]["rows"] == 1
     assert request.address is None
@@ -266,7 +277,10 @@ async def test_erasure_cancels_queued_messages_and_waits_for_one_being_sent(
     assert request.status == "in_progress"
     assert request.result == {"canceled_messages": 1, "waiting_for_messages": 1}
     async with db.read_session() as session:
-        statuses = {m.id: (m.status, m.to_addr) for m in await session.scalars(select(Message))}
+        statuses = {
+            m.id: (m.status, open_address(m.to_addr))
+            for m in await session.scalars(select(Message))
+        }
     assert statuses[queued] == ("canceled", SUBJECT)
     assert statuses[sending] == ("sending", SUBJECT)
 
@@ -282,7 +296,7 @@ async def test_erasure_cancels_queued_messages_and_waits_for_one_being_sent(
     assert done == 1
     assert again.status == "completed"
     assert again.result is not None
-    assert again.result["anonymised"] == {"messages": 2}
+    assert again.result["anonymised"] == {"messages": 2, "consent_entries": 0}
     assert again.result["canceled_messages"] == 1
     async with db.read_session() as session:
         assert set(await session.scalars(select(Message.to_addr))) == {ERASED}

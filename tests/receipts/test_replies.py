@@ -16,6 +16,7 @@ from amnex.clock import utc_now
 from amnex.db.engine import Database
 from amnex.dispatch import claim
 from amnex.messages.models import Message, MessageEvent
+from amnex.privacy.keys import open_address
 from amnex.receipts.apply import ReceivedInbound, store_inbound
 from amnex.receipts.inbound import InboundFragment
 from amnex.recipients.models import OptOut, OptOutEvent
@@ -126,7 +127,7 @@ async def test_stop_suppresses_the_sender_and_is_confirmed_once(
     # Then the sender is on the account's suppression list for SMS, with the reply as evidence
     stop = await last_inbound(db, sms_account)
     [opt_out] = await opt_outs(db)
-    assert (opt_out.account_id, opt_out.channel, opt_out.address, opt_out.source) == (
+    assert (opt_out.account_id, opt_out.channel, open_address(opt_out.address), opt_out.source) == (
         sms_account.account_id, "sms", RECIPIENT, "keyword",
     )  # fmt: skip
     assert opt_out.evidence is not None
@@ -139,7 +140,7 @@ async def test_stop_suppresses_the_sender_and_is_confirmed_once(
     # and one SMS goes back, from the number they wrote to, with the default confirmation
     [confirmation] = await replies(db, sms_account)
     assert confirmation.origin == "opt_out_reply"
-    assert (confirmation.channel, confirmation.from_addr, confirmation.to_addr) == (
+    assert (confirmation.channel, confirmation.from_addr, open_address(confirmation.to_addr)) == (
         "sms", NUMBER, RECIPIENT,
     )  # fmt: skip
     assert confirmation.body == OPT_OUT_CONFIRMATION
@@ -199,7 +200,7 @@ async def test_a_free_text_request_to_stop_is_an_opt_out(
     await store(db, reply("Stop texting me please"))
 
     [opt_out] = await opt_outs(db)
-    assert (opt_out.channel, opt_out.address, opt_out.source) == (
+    assert (opt_out.channel, open_address(opt_out.address), opt_out.source) == (
         "sms", RECIPIENT, "free_text_reply",
     )  # fmt: skip
     assert opt_out.evidence is not None
@@ -238,7 +239,7 @@ async def test_start_after_stop_lifts_the_opt_out_and_is_confirmed_once(
     ]  # fmt: skip
     sent = await replies(db, sms_account)
     assert origins(sent) == ["opt_out_reply", "opt_in_reply"]
-    assert (sent[1].from_addr, sent[1].to_addr, sent[1].body) == (
+    assert (sent[1].from_addr, open_address(sent[1].to_addr), sent[1].body) == (
         NUMBER, RECIPIENT, OPT_IN_CONFIRMATION,
     )  # fmt: skip
     assert (await last_inbound(db, sms_account)).meta == {"reply_intent": "opt_in"}
@@ -290,7 +291,7 @@ async def test_help_is_answered_every_time_with_the_accounts_contact(db: Databas
             "Shop Example: For help contact support@shop.example. Msg&data rates may apply. "
             "Reply STOP to opt out."
         )
-        assert (message.from_addr, message.to_addr) == (NUMBER, RECIPIENT)
+        assert (message.from_addr, open_address(message.to_addr)) == (NUMBER, RECIPIENT)
     assert [m.meta for m in await inbound(db, account)] == [
         {"reply_intent": "help"}, {"reply_intent": "help"},
         {"reply_intent": "opt_out"}, {"reply_intent": "help"},
@@ -314,7 +315,7 @@ async def test_stopall_opts_out_of_every_channel(db: Database, sms_account: Acco
     await store(db, reply("STOPALL"))
 
     [opt_out] = await opt_outs(db)
-    assert (opt_out.account_id, opt_out.channel, opt_out.address, opt_out.source) == (
+    assert (opt_out.account_id, opt_out.channel, open_address(opt_out.address), opt_out.source) == (
         sms_account.account_id, "all", RECIPIENT, "keyword",
     )  # fmt: skip
     assert origins(await replies(db, sms_account)) == ["opt_out_reply"]
@@ -375,7 +376,7 @@ async def test_a_stop_in_several_parts_acts_once_the_message_is_whole(
     await store(db, second)
 
     [opt_out] = await opt_outs(db)
-    assert (opt_out.source, opt_out.address) == ("free_text_reply", RECIPIENT)
+    assert (opt_out.source, open_address(opt_out.address)) == ("free_text_reply", RECIPIENT)
     assert origins(await replies(db, sms_account)) == ["opt_out_reply"]
 
 
@@ -404,6 +405,6 @@ async def test_a_reply_from_a_number_amnex_cannot_send_to_is_stored_and_nothing_
     await store(db, reply("STOP", source="12345"))
 
     [message] = await inbound(db, sms_account)
-    assert message.from_addr == "12345"
+    assert open_address(message.from_addr) == "12345"
     assert await opt_outs(db) == []
     assert await replies(db, sms_account) == []

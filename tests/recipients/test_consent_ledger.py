@@ -116,6 +116,8 @@ async def test_each_account_has_its_own_chain(db: Database, account: AccountHand
         pytest.param("text_shown", "'Yes, send me anything.'", id="text-shown"),
         pytest.param("action", "'revoked'", id="action"),
         pytest.param("address", "'+13125550199'", id="address"),
+        pytest.param("address_index", "'another-index'", id="address-index"),
+        pytest.param("evidence", "'{}'", id="evidence"),
         pytest.param("occurred_at", "recorded_at", id="occurred-at"),
     ],
 )

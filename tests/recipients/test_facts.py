@@ -20,6 +20,7 @@ from amnex.compliance.gate import NO_FACTS, RecipientFacts
 from amnex.db.engine import Database, sqlite_pragmas
 from amnex.db.ids import new_id
 from amnex.messages.models import Message
+from amnex.privacy.keys import blind_index, seal_address
 from amnex.recipients import service
 from amnex.recipients.facts import FactsQuery, facts_asyncpg, facts_session, facts_sqlite
 from support import AccountHandle, make_account
@@ -119,6 +120,7 @@ async def store_message(
     direction: str = "outbound",
 ) -> None:
     now = utc_now()
+    person = to if direction == "outbound" else from_
     async with db.unit_of_work() as session:
         session.add(
             Message(
@@ -126,8 +128,9 @@ async def store_message(
                 account_id=account_id,
                 channel=channel,
                 direction=direction,
-                from_addr=from_,
-                to_addr=to,
+                from_addr=seal_address(account_id, from_) if person == from_ else from_,
+                to_addr=seal_address(account_id, to) if person == to else to,
+                peer_index=blind_index(person),
                 category="marketing",
                 status="delivered" if direction == "outbound" else "received",
                 body="hello",
@@ -145,7 +148,7 @@ def ask(
     consent: bool = False,
     first_contact: bool = False,
 ) -> FactsQuery:
-    return FactsQuery(account.account_id, channel, address, consent, first_contact)
+    return FactsQuery(account.account_id, channel, blind_index(address), consent, first_contact)
 
 
 async def one(read_facts: ReadFacts, query: FactsQuery) -> RecipientFacts:
@@ -414,7 +417,7 @@ async def test_a_batch_is_answered_in_order(
         FactsQuery(
             (account if i % 2 else other).account_id,
             "sms",
-            numbers[i],
+            blind_index(numbers[i]),
             consent=True,
             first_contact=True,
         )
@@ -437,7 +440,7 @@ async def test_a_batch_takes_at_most_three_reads_through_a_session(
     db: Database, account: AccountHandle
 ) -> None:
     asks = [
-        FactsQuery(account.account_id, "sms", f"+1312555{3000 + i:04d}", True, True)
+        FactsQuery(account.account_id, "sms", blind_index(f"+1312555{3000 + i:04d}"), True, True)
         for i in range(50)
     ]
     with count_statements(db) as seen:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from amnex.db.engine import Database
 from amnex.errors import InvalidAddress, NotFound, ValidationFailed
+from amnex.privacy.keys import blind_index, open_address
 from amnex.recipients import service
 from amnex.recipients.models import OptOut, OptOutEvent
 from support import AccountHandle, make_account
@@ -47,10 +48,12 @@ async def suppressed(
         return await service.is_suppressed(session, account_id, channel, address)
 
 
-async def history(db: Database) -> list[tuple[str | None, str, str, str, str]]:
+async def history(db: Database) -> list[tuple[str | None, str, str | None, str, str]]:
     async with db.read_session() as session:
         rows = await session.scalars(select(OptOutEvent).order_by(OptOutEvent.id))
-        return [(e.account_id, e.channel, e.address, e.action, e.source) for e in rows]
+        return [
+            (e.account_id, e.channel, open_address(e.address), e.action, e.source) for e in rows
+        ]
 
 
 async def count_opt_outs(db: Database) -> int:
@@ -104,8 +107,14 @@ async def test_the_address_is_stored_normalised_and_a_bad_one_is_refused(
     phone, _ = await add(db, account.account_id, address="+1 (312) 555-0147")
     email, _ = await add(db, account.account_id, channel="email", address="Alex@Example.COM")
 
-    assert phone.address == NUMBER
-    assert email.address == "alex@example.com"  # case folded: Alex@ and alex@ are one mailbox
+    # Stored sealed, found by the blind index of the normalised form.
+    assert phone.address is not None
+    assert phone.address.startswith("amxa1:")
+    assert open_address(phone.address) == NUMBER
+    assert phone.address_index == blind_index(NUMBER)
+    assert (
+        open_address(email.address) == "alex@example.com"
+    )  # case folded: Alex@ and alex@ are one mailbox
     with pytest.raises(InvalidAddress):
         await add(db, account.account_id, address="555")
     with pytest.raises(InvalidAddress):

@@ -23,6 +23,7 @@ from amnex.compliance.policy import AccountCompliance, account_compliance
 from amnex.db.ids import new_id
 from amnex.errors import Conflict, NotFound, ValidationFailed
 from amnex.privacy.audit import record_audit
+from amnex.privacy.keys import add_account_key
 
 API_KEY_PREFIX = "amx_"
 OPERATOR_TOKEN_PREFIX = "amxop_"  # noqa: S105 - a prefix, not a secret
@@ -112,6 +113,7 @@ async def create_account(
     record_audit(
         session, actor=actor, action="account.create", target_type="account", target_id=account.id
     )
+    add_account_key(session, account.id)
     key, plaintext = await create_api_key(
         session, account_id=account.id, name="default", scopes=sorted(SCOPES), actor=actor
     )

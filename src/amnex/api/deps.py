@@ -19,6 +19,7 @@ from amnex.errors import (
     UnsupportedMediaType,
 )
 from amnex.privacy.audit import REASON_MAX_LENGTH
+from amnex.privacy.keys import prepare_keys
 from amnex.runtime import Runtime
 
 
@@ -45,6 +46,9 @@ async def authorize(request: Request, scope: str) -> KeyContext:
             f"more than {decision.limit} requests per second for this key",
             retry_after_s=decision.reset_s,
         )
+    # The account's data key, before any transaction may seal an address with it (created
+    # here if the account has none yet; a dictionary look-up once loaded).
+    await prepare_keys((ctx.account_id,))
     return ctx
 
 

@@ -38,6 +38,7 @@ from amnex.db.bulk import insert_rows, update_rows
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
+from amnex.privacy.keys import blind_index, load_keys, open_address
 from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
 from amnex.recipients.facts import FactsQuery, facts_session
 
@@ -57,6 +58,7 @@ _CLAIM_COLUMNS = (
     Message.channel,
     Message.from_addr,
     Message.to_addr,
+    Message.peer_index,
     Message.subject,
     Message.body,
     Message.html,
@@ -104,7 +106,9 @@ async def claim_due_messages(
     expired: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    verdicts = await _recheck(session, rows, now=now)
+    await load_keys({row.account_id for row in rows})
+    recipients = {row.id: open_address(row.to_addr) or "" for row in rows}
+    verdicts = await _recheck(session, rows, recipients, now=now)
     for row in rows:
         previous = Status(row.status)
         seq = row.event_seq
@@ -174,7 +178,7 @@ async def claim_due_messages(
                     account_id=row.account_id,
                     channel=row.channel,
                     from_addr=row.from_addr,
-                    to_addr=row.to_addr,
+                    to_addr=recipients[row.id],
                     subject=row.subject,
                     body=row.body,
                     html=row.html,
@@ -219,7 +223,7 @@ async def _account_rules(
 
 
 async def _recheck(
-    session: AsyncSession, rows: Sequence[Any], *, now: datetime
+    session: AsyncSession, rows: Sequence[Any], recipients: dict[str, str], *, now: datetime
 ) -> dict[str, Defer | Reject]:
     """The gate's verdict for each claimed message it stops or defers (absent: it may go)."""
     checked = [row for row in rows if row.origin is None]
@@ -231,7 +235,7 @@ async def _recheck(
         FactsQuery(
             account_id=row.account_id,
             channel=row.channel,
-            address=row.to_addr.lower() if row.channel == "email" else row.to_addr,
+            address_index=row.peer_index or blind_index(recipients[row.id]),
             consent=row.category == "marketing"
             and accounts[row.account_id].settings.require_marketing_consent,
         )
@@ -239,7 +243,7 @@ async def _recheck(
     ]
     out: dict[str, Defer | Reject] = {}
     for row, facts in zip(checked, await facts_session(session, asks), strict=True):
-        candidate = Candidate(row.channel, row.to_addr, row.category, None)
+        candidate = Candidate(row.channel, recipients[row.id], row.category, None)
         verdict = recheck(candidate, accounts[row.account_id], facts, now=now)
         if not isinstance(verdict, Allow):
             out[row.id] = verdict

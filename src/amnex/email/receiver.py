@@ -64,6 +64,7 @@ from amnex.messages.models import Message
 from amnex.messages.service import transition
 from amnex.messages.status import Status
 from amnex.metrics import EMAIL_BOUNCES
+from amnex.privacy.keys import load_keys, open_address
 from amnex.recipients.service import add_opt_out
 
 __all__ = ["BounceReceiver", "OutcomePending", "apply_report"]
@@ -97,7 +98,8 @@ async def _apply_one(
     )
     if message is None or message.channel != "email" or message.direction != "outbound":
         return "unmatched"
-    verdict = judge(report, message_id=message.id, address=message.to_addr)
+    await load_keys((message.account_id,))
+    verdict = judge(report, message_id=message.id, address=open_address(message.to_addr) or "")
     if verdict.kind == "hard":
         if message.status == Status.SENDING.value:
             raise OutcomePending(message.id)
@@ -151,7 +153,7 @@ async def _suppress(
             session,
             account_id=message.account_id,
             channel="email",
-            address=message.to_addr,
+            address=open_address(message.to_addr) or "",
             source=source,
             evidence={key: value for key, value in evidence.items() if value is not None},
         )

@@ -26,6 +26,12 @@ key source does not change. The root key is HKDF-SHA256 of the first of:
    still work; it is a weak secret (anyone who knows the URL can forge an opt-out), so
    `key_source` reports it and the channel logs a warning at start.
 
+A master key rotation (`amnex crypto rotate-master`) does not break the links already sent
+while the old key is listed in `previous_master_keys`: a token is opened under the current
+root key, then under the root of each previous master key; new tokens are always issued
+under the current one. Once the old key is removed from the settings, links sent before
+the rotation stop working.
+
 The pure helpers `fill_text` / `fill_html` put the link into bodies: every
 `{{unsubscribe_url}}` placeholder (spacing and case as the content rule accepts them) is
 replaced, or, when a body has none, a short footer carrying the link is appended.
@@ -38,6 +44,7 @@ import binascii
 import hashlib
 import html
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -48,7 +55,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from amnex.config import Settings
-from amnex.privacy.crypto import load_master_key
+from amnex.privacy.crypto import load_master_key, load_previous_master_keys
 
 __all__ = [
     "TOKEN_MAX_LENGTH",
@@ -88,14 +95,20 @@ class UnsubscribeClaim:
 
 
 class UnsubscribeTokens:
-    """Issues and opens unsubscribe tokens under one root key (see the module's design note)."""
+    """Issues tokens under one root key and opens them under it or a previous one (see the
+    module's design note)."""
 
-    def __init__(self, key_material: bytes, *, key_source: KeySource) -> None:
+    def __init__(
+        self, key_material: bytes, *, key_source: KeySource, previous: Iterable[bytes] = ()
+    ) -> None:
         if not key_material:
             raise ValueError("the unsubscribe key material is empty")
-        self._root = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=_ROOT_SALT, info=_ROOT_INFO
-        ).derive(key_material)
+        self._root = _root_key(key_material)
+        self._previous_roots = tuple(
+            _root_key(material)
+            for material in dict.fromkeys(previous)
+            if material and material != key_material
+        )
         self.key_source: KeySource = key_source
 
     @classmethod
@@ -109,7 +122,9 @@ class UnsubscribeTokens:
             return cls(secret, key_source="unsubscribe_secret")
         master_key = load_master_key(settings)
         if master_key is not None:
-            return cls(master_key, key_source="master_key")
+            # Links sent before a master key rotation keep working while the old key is listed.
+            previous = load_previous_master_keys(settings)
+            return cls(master_key, key_source="master_key", previous=previous)
         return cls(settings.database_url.encode(), key_source="database_url")
 
     def issue(self, *, account_id: str, address: str, message_id: str) -> str:
@@ -120,7 +135,7 @@ class UnsubscribeTokens:
             raise ValueError("account ids and addresses are one line")
         plaintext = "\n".join(("email", account_id, address)).encode()
         nonce = hashlib.sha256(plaintext).digest()[:_NONCE_BYTES]
-        sealed = self._aead(message_id).encrypt(nonce, plaintext, _associated(message_id))
+        sealed = _aead(self._root, message_id).encrypt(nonce, plaintext, _associated(message_id))
         encoded = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
         return f"{_VERSION}.{message_id}.{encoded}"
 
@@ -138,11 +153,8 @@ class UnsubscribeTokens:
             return None
         if len(raw) <= _NONCE_BYTES:
             return None
-        try:
-            plaintext = self._aead(message_id).decrypt(
-                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(message_id)
-            )
-        except InvalidTag:
+        plaintext = self._open_sealed(message_id, raw)
+        if plaintext is None:
             return None
         parts = plaintext.decode("utf-8", errors="strict").split("\n")
         if len(parts) != 3:  # pragma: no cover - only a token this class sealed opens at all
@@ -155,11 +167,37 @@ class UnsubscribeTokens:
         token = self.issue(account_id=account_id, address=address, message_id=message_id)
         return f"{public_url}{UNSUBSCRIBE_PATH}/{token}"
 
-    def _aead(self, message_id: str) -> AESGCM:
-        key = HKDFExpand(
-            algorithm=hashes.SHA256(), length=32, info=_MESSAGE_INFO + message_id.encode()
-        ).derive(self._root)
-        return AESGCM(key)
+    def _open_sealed(self, message_id: str, raw: bytes) -> bytes | None:
+        """Under the current root key, else a previous master key's (links sent before a
+        rotation); None when none opens it."""
+        for root in (self._root, *self._previous_roots):
+            plaintext = _open(root, message_id, raw)
+            if plaintext is not None:
+                return plaintext
+        return None
+
+
+def _root_key(key_material: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_ROOT_SALT, info=_ROOT_INFO).derive(
+        key_material
+    )
+
+
+def _aead(root: bytes, message_id: str) -> AESGCM:
+    key = HKDFExpand(
+        algorithm=hashes.SHA256(), length=32, info=_MESSAGE_INFO + message_id.encode()
+    ).derive(root)
+    return AESGCM(key)
+
+
+def _open(root: bytes, message_id: str, raw: bytes) -> bytes | None:
+    """The plaintext of a token's sealed part under `root`, or None if it does not open."""
+    try:
+        return _aead(root, message_id).decrypt(
+            raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(message_id)
+        )
+    except InvalidTag:
+        return None
 
 
 def _associated(message_id: str) -> bytes:

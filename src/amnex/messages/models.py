@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base
@@ -21,8 +21,9 @@ class Message(Base):
         # The dispatch queue: claim due rows by status, oldest due first.
         Index(None, "status", "next_attempt_at"),
         Index(None, "account_id", "id"),
-        # The compliance gate's first-contact look-up (and list filters by recipient).
-        Index(None, "account_id", "to_addr"),
+        # The compliance gate's first-contact look-up, list filters by recipient, subject
+        # requests: by the blind index of the person at the other end.
+        Index(None, "peer_index", "account_id"),
         # Messages whose content is not purged yet: what the purge and key destruction read.
         Index(
             "ix_messages_unpurged",
@@ -39,8 +40,13 @@ class Message(Base):
     # Null for a message sent through the API; the kind of reply for one Amnex sends itself
     # to a recipient's keyword (`opt_out_reply`, `opt_in_reply`, `help_reply`).
     origin: Mapped[str | None] = mapped_column(String(16))
-    from_addr: Mapped[str] = mapped_column(String(400))
-    to_addr: Mapped[str] = mapped_column(String(320))
+    # The person's address — `to_addr` of an outbound message, `from_addr` of an inbound one —
+    # is sealed under the account's data key (`privacy.keys`; read it with `open_address`);
+    # the account's own sender or number on the other side is stored as it is. `peer_index`
+    # is the blind index of the person's address, what every look-up by person compares.
+    from_addr: Mapped[str] = mapped_column(Text)
+    to_addr: Mapped[str] = mapped_column(Text)
+    peer_index: Mapped[str | None] = mapped_column(String(32))
     category: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(12))
     error_code: Mapped[str | None] = mapped_column(String(40))

@@ -20,7 +20,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.service import KeyContext
@@ -44,6 +44,7 @@ from amnex.errors import (
 from amnex.messages.models import Message, MessageEvent
 from amnex.messages.schemas import MessageOut, SendMessageRequest
 from amnex.messages.status import CANCELABLE_STATUSES, Status, check_transition
+from amnex.privacy.keys import blind_index, open_address, seal_address
 from amnex.recipients.facts import FactsQuery
 
 SEND_AT_MAX_AHEAD = timedelta(days=35)
@@ -64,11 +65,32 @@ class GateCheck:
 
 @dataclass(frozen=True, slots=True)
 class PreparedMessage:
-    """A validated message ready to insert: the row and its first event."""
+    """A validated message ready to insert: the row and its first event; `to` is the
+    recipient in clear (the row holds it sealed)."""
 
     row: dict[str, Any]
     event: dict[str, Any]
     gate: GateCheck | None = None
+    to: str = ""
+
+
+def address_columns(
+    account_id: str, *, direction: str, from_addr: str, to_addr: str
+) -> dict[str, str]:
+    """A message's address columns as stored: the person's address (the recipient of an
+    outbound message, the sender of an inbound one) sealed under the account's data key and
+    indexed in `peer_index`; the account's own address on the other side as it is."""
+    if direction == "inbound":
+        return {
+            "from_addr": seal_address(account_id, from_addr),
+            "to_addr": to_addr,
+            "peer_index": blind_index(from_addr),
+        }
+    return {
+        "from_addr": from_addr,
+        "to_addr": seal_address(account_id, to_addr),
+        "peer_index": blind_index(to_addr),
+    }
 
 
 def compliance_error(verdict: Reject) -> ComplianceRejected:
@@ -97,7 +119,7 @@ def apply_gate(
             "reason": verdict.detail,
         }
         event = {**prepared.event, "status": Status.SCHEDULED.value, "detail": detail}
-        return PreparedMessage(row=row, event=event, gate=gate), None
+        return PreparedMessage(row=row, event=event, gate=gate, to=prepared.to), None
     return prepared, None
 
 
@@ -226,13 +248,14 @@ def prepare_message(
     screened = screen(candidate, account, geo=geo, now=due, allow_landline=allow_landline)
     if screened.early is not None:
         raise compliance_error(screened.early)
+    peer_index = blind_index(to)
     gate = GateCheck(
         candidate,
         screened,
         FactsQuery(
             account_id=ctx.account_id,
             channel=channel,
-            address=to.lower() if channel == "email" else to,
+            address_index=peer_index,
             consent=screened.needs_consent,
             first_contact=screened.needs_first_contact,
         ),
@@ -250,7 +273,8 @@ def prepare_message(
         "channel": channel,
         "direction": "outbound",
         "from_addr": from_addr,
-        "to_addr": to,
+        "to_addr": seal_address(ctx.account_id, to),
+        "peer_index": peer_index,  # address_columns, with the index computed once
         "category": request.category,
         "status": status.value,
         "subject": request.subject,
@@ -286,7 +310,7 @@ def prepare_message(
     if screened.flags:
         flags = [{"code": f.code, "detail": f.detail} for f in screened.flags]
         event["detail"] = {**(event["detail"] or {}), "flags": flags}
-    return PreparedMessage(row=row, event=event, gate=gate)
+    return PreparedMessage(row=row, event=event, gate=gate, to=to)
 
 
 # Message object field -> column, in the order of DESIGN.md's message object.
@@ -327,12 +351,15 @@ _OUT_ALIASES = {name: "from" if name == "from_" else name for name in _OUT_FIELD
 
 
 def message_out(message: Message | Mapping[str, Any]) -> MessageOut:
-    """The API shape of a message row (an ORM object or a freshly inserted row dict)."""
+    """The API shape of a message row (an ORM object or a row dict), addresses opened."""
     get = message.get if isinstance(message, Mapping) else message.__dict__.get
-    return MessageOut.model_validate({name: get(column) for name, column in _OUT_FIELDS.items()})
+    out = {name: get(column) for name, column in _OUT_FIELDS.items()}
+    out["to"] = open_address(out["to"])
+    out["from_"] = open_address(out["from_"])
+    return MessageOut.model_validate(out)
 
 
-def message_json(row: Mapping[str, Any]) -> bytes:
+def message_json(row: Mapping[str, Any], *, to: str) -> bytes:
     """`message_out(row)` as JSON, serialised straight from a freshly prepared row.
 
     The accept path's response: the row's values come from a validated request, so building
@@ -340,7 +367,9 @@ def message_json(row: Mapping[str, Any]) -> bytes:
     serialiser writes the same JSON as the model would (same date and decimal forms); a test
     holds the two equal.
     """
-    return to_json({_OUT_ALIASES[name]: row.get(column) for name, column in _OUT_FIELDS.items()})
+    out = {_OUT_ALIASES[name]: row.get(column) for name, column in _OUT_FIELDS.items()}
+    out["to"] = to
+    return to_json(out)
 
 
 async def get_message(session: AsyncSession, account_id: str, message_id: str) -> Message | None:
@@ -398,10 +427,23 @@ async def list_messages(
         query = query.where(Message.status == filters.status)
     if filters.channel:
         query = query.where(Message.channel == filters.channel)
+    # The person's side is matched by its blind index, the account's own side as stored.
     if filters.to:
-        query = query.where(Message.to_addr == normalise_address_filter(filters.to))
+        to = normalise_address_filter(filters.to)
+        query = query.where(
+            or_(
+                and_(Message.direction == "outbound", Message.peer_index == blind_index(to)),
+                and_(Message.direction == "inbound", Message.to_addr == to),
+            )
+        )
     if filters.from_:
-        query = query.where(Message.from_addr == normalise_address_filter(filters.from_))
+        from_ = normalise_address_filter(filters.from_)
+        query = query.where(
+            or_(
+                and_(Message.direction == "inbound", Message.peer_index == blind_index(from_)),
+                and_(Message.direction == "outbound", Message.from_addr == from_),
+            )
+        )
     if filters.direction:
         query = query.where(Message.direction == filters.direction)
     if filters.created_after:

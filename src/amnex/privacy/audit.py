@@ -17,6 +17,12 @@ Design note.
   the first). The unique (chain, seq) and (chain, prev_hash) make a fork impossible even for a
   writer that bypassed the head; the head row lets `verify_audit_chain` notice entries cut
   from the end.
+- Anchor. Retention deletes a chain's oldest entries (`privacy.retention`); the head row then
+  keeps the `seq` and `hash` of the newest deleted entry (`anchor_seq`, `anchor_hash`; 0 and
+  64 zeros while nothing was deleted), in the transaction that deletes them. The chain is
+  verified from the anchor: its first entry must be `anchor_seq + 1` with `anchor_hash` as its
+  `prev_hash`, so entries cut from the start without moving the anchor are reported like any
+  other removal. Moving the anchor is as privileged as moving the head.
 - Personal fields are kept apart, in `audit_personal` (one row per entry at most): the actor's
   display form when it names a person (`operator:Dana Ops`, `cli:dana`) and the detail keys a
   caller marked personal (addresses, free text). The chain does not hash them, so erasure and
@@ -71,6 +77,7 @@ from amnex.clock import utc_now
 from amnex.db.base import Base
 from amnex.db.ids import new_id
 from amnex.errors import InvalidRequest, ValidationFailed
+from amnex.privacy.keys import SealedJSON
 
 if TYPE_CHECKING:
     from amnex.db.engine import Database
@@ -90,8 +97,10 @@ class AuditPersonal(Base):
     __tablename__ = "audit_personal"
 
     entry_id: Mapped[str] = mapped_column(ForeignKey("audit_log.id"), primary_key=True)
+    # The name of the staff member who acted, as recorded (searchable: `?actor=`); the
+    # detail — addresses, free text about a recipient — sealed under the platform data key.
     actor: Mapped[str | None] = mapped_column(String(120))
-    detail: Mapped[dict[str, Any] | None]
+    detail: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON)
 
 
 class AuditEntry(Base):
@@ -144,7 +153,8 @@ AuditEntry.actor = column_property(
 
 
 class AuditChainHead(Base):
-    """The end of one audit chain: its last `seq` and `hash` (locked by each append)."""
+    """The end of one audit chain: its last `seq` and `hash` (locked by each append), and
+    its anchor: the `seq` and `hash` of the newest entry retention deleted."""
 
     __tablename__ = "audit_chain_heads"
 
@@ -152,6 +162,10 @@ class AuditChainHead(Base):
     seq: Mapped[int]
     hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime]
+    anchor_seq: Mapped[int] = mapped_column(default=0, server_default="0")
+    anchor_hash: Mapped[str] = mapped_column(
+        String(64), default=GENESIS_HASH, server_default=GENESIS_HASH
+    )
 
 
 # Hashing
@@ -440,18 +454,43 @@ class AuditChainReport:
     reason: str | None = None
 
 
+async def _anchor(session: AsyncSession, chain: str) -> tuple[int, str]:
+    head = await session.get(AuditChainHead, chain, populate_existing=True)
+    return (head.anchor_seq, head.anchor_hash) if head else (0, GENESIS_HASH)
+
+
 async def verify_audit_chain(
     session: AsyncSession, chain: str, *, chunk: int = 500
 ) -> AuditChainReport:
     """Recompute one chain: each entry's hash from its fields, each `prev_hash` against the
-    entry before, the positions 1, 2, 3, …, and the end against the head row. Reports the
-    first entry that does not hold (edited, inserted, or after a removed one), or, when
-    entries were cut from the end, no entry and the reason."""
-    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+    entry before, the positions from the anchor on (1, 2, 3, … while retention deleted
+    nothing), and the end against the head row. Reports the first entry that does not hold
+    (edited, inserted, or after a removed one), or, when entries were cut from the end, no
+    entry and the reason."""
+    anchor = await _anchor(session, chain)
+    report = await _walk(session, chain, anchor, chunk)
+    # A purge that moved the anchor during the walk deleted entries the walk expected: walk
+    # again from the new anchor (a purge chunk commits its deletions and the anchor together,
+    # so a walk that saw one anchor throughout is conclusive).
+    for _ in range(3):
+        moved = await _anchor(session, chain)
+        if report.valid or moved == anchor:
+            break
+        anchor = moved
+        report = await _walk(session, chain, anchor, chunk)
+    return report
+
+
+async def _walk(
+    session: AsyncSession, chain: str, anchor: tuple[int, str], chunk: int
+) -> AuditChainReport:
+    anchor_seq, anchor_hash = anchor
+    expected_prev, expected_seq, count = anchor_hash, anchor_seq + 1, 0
     first_broken: str | None = None
     reason: str | None = None
     last_seq: int | None = None
     while True:
+        # From the start, not from the anchor: an entry at or before the anchor is reported.
         query = select(AuditEntry).where(AuditEntry.chain == chain)
         if last_seq is not None:
             query = query.where(AuditEntry.seq > last_seq)
@@ -467,7 +506,13 @@ async def verify_audit_chain(
             last_seq = entry.seq
             if first_broken is not None:
                 continue
-            if entry.seq != expected_seq:
+            if entry.seq <= anchor_seq:
+                first_broken = entry.id
+                reason = (
+                    f"{entry.id}: entry {entry.seq} is at or before the chain's anchor "
+                    f"(entry {anchor_seq}, the newest one retention deleted)"
+                )
+            elif entry.seq != expected_seq:
                 first_broken = entry.id
                 reason = f"{entry.id}: entry {expected_seq} of the chain is missing before it"
             elif entry.prev_hash != expected_prev:
@@ -481,9 +526,10 @@ async def verify_audit_chain(
             break
     head = await session.get(AuditChainHead, chain, populate_existing=True)
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
-    if first_broken is None and (head_seq, head_hash) != (last_seq or 0, expected_prev):
+    end_seq = anchor_seq if last_seq is None else last_seq
+    if first_broken is None and (head_seq, head_hash) != (end_seq, expected_prev):
         reason = (
-            f"the chain head records {head_seq} entries, the log ends at entry {last_seq or 0}: "
+            f"the chain head records {head_seq} entries, the log ends at entry {end_seq}: "
             "entries were removed from its end"
         )
     return AuditChainReport(

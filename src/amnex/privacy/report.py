@@ -4,10 +4,10 @@ Design note. Every figure is counted from the database at the moment of the repo
 taken from what a process believes: content stored unencrypted is counted on the raw columns
 (`type_coerce(..., Text)`, so the encrypted column type neither encrypts the pattern nor
 decrypts the rows), content and metadata past retention with the very conditions the purge
-uses, each account under its own retention (`retention.due_conditions`), and
-the purges from `purge_runs`. What is wrong becomes a plain sentence in `findings`; what the
-report cannot cover yet is listed in `not_covered` with the reason, rather than shown as a
-reassuring zero.
+uses, each account under its own retention (`retention.due_conditions`), the purges from
+`purge_runs`, and the oldest audit entry against the audit retention. What is wrong becomes a
+plain sentence in `findings`; what the report cannot cover yet is listed in `not_covered` with
+the reason, rather than shown as a reassuring zero.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from amnex.accounts.models import Account
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.messages.models import Message
+from amnex.privacy.audit import AuditChainHead, AuditEntry
 from amnex.privacy.content import PREFIX, ContentKey
+from amnex.privacy.keys import PREFIX as ADDRESS_PREFIX
+from amnex.privacy.keys import DataKey
 from amnex.privacy.records import RecordsFile, missing_fields
 from amnex.privacy.requests import OPEN_STATUSES, SubjectRequest
 from amnex.privacy.retention import PurgeRun, account_retentions, due_conditions
@@ -35,6 +38,11 @@ class Encryption(BaseModel):
     content_keys_live: int
     content_keys_destroyed: int
     unencrypted_messages: int
+    # Address data keys: one per account (and the platform's); destroyed ones were closed.
+    data_keys_live: int = 0
+    data_keys_destroyed: int = 0
+    # Messages whose recipient's address is stored in clear (a database without a key).
+    unsealed_addresses: int = 0
 
 
 class AccountMetadata(BaseModel):
@@ -75,6 +83,15 @@ class SubjectRequests(BaseModel):
     next_due_at: datetime | None
 
 
+class AuditRetention(BaseModel):
+    """How long audit entries and their personal fields are kept, and the oldest entry."""
+
+    retention_days: int
+    personal_retention_days: int
+    oldest_entry_at: datetime | None
+    oldest_age_days: int | None
+
+
 class PrivacyReport(BaseModel):
     generated_at: datetime
     findings: list[str]
@@ -84,6 +101,7 @@ class PrivacyReport(BaseModel):
     purges: Purges
     records: RecordsStatus
     subject_requests: SubjectRequests
+    audit: AuditRetention
     not_covered: list[NotCovered]
 
 
@@ -102,6 +120,25 @@ async def _subject_requests(session: AsyncSession, now: datetime) -> SubjectRequ
         )
     ).one()
     return SubjectRequests(open=int(row[0]), overdue=int(row[1]), next_due_at=row[2])
+
+
+async def _audit(session: AsyncSession, settings: Settings, now: datetime) -> AuditRetention:
+    # Each chain's oldest entry is the one after its anchor: one index look-up per chain.
+    oldest = await session.scalar(
+        select(func.min(AuditEntry.at)).join(
+            AuditChainHead,
+            and_(
+                AuditEntry.chain == AuditChainHead.chain,
+                AuditEntry.seq == AuditChainHead.anchor_seq + 1,
+            ),
+        )
+    )
+    return AuditRetention(
+        retention_days=settings.audit_retention_days,
+        personal_retention_days=settings.audit_personal_retention_days,
+        oldest_entry_at=oldest,
+        oldest_age_days=None if oldest is None else max(0, (now - oldest).days),
+    )
 
 
 async def build_report(
@@ -129,6 +166,7 @@ async def build_report(
         purges=purges,
         records=RecordsStatus(configured=not missing, missing=missing),
         subject_requests=await _subject_requests(session, now),
+        audit=await _audit(session, settings, now),
         not_covered=list(NOT_COVERED),
     )
     report.findings = findings(report)
@@ -140,6 +178,11 @@ def findings(report: PrivacyReport) -> list[str]:
     found: list[str] = []
     if not report.encryption.master_key_configured:
         found.append("no master key: content is stored unencrypted")
+    if report.encryption.unsealed_addresses:
+        found.append(
+            f"{report.encryption.unsealed_addresses} messages hold their recipient's address "
+            "in clear"
+        )
     if report.encryption.unencrypted_messages:
         found.append(
             f"{report.encryption.unencrypted_messages} messages hold content stored unencrypted"
@@ -159,6 +202,12 @@ def findings(report: PrivacyReport) -> list[str]:
     if report.purges.last_24h.runs == 0:
         found.append("no purge ran in the last 24 hours (is `amnex worker` running?)")
     found.extend(f"{field.replace('_', ' ')} not configured" for field in report.records.missing)
+    audit = report.audit
+    if audit.oldest_age_days is not None and audit.oldest_age_days > audit.retention_days:
+        found.append(
+            f"the oldest audit entry is {audit.oldest_age_days} days old, past the "
+            f"{audit.retention_days}-day audit retention (is `amnex worker` running?)"
+        )
     if report.subject_requests.overdue:
         found.append(
             f"{report.subject_requests.overdue} data-subject requests are past their deadline"
@@ -181,6 +230,13 @@ def _stored_in_clear() -> Any:
     )
 
 
+def _address_in_clear() -> Any:
+    """The recipient's side of a message stored without the `amxa1:` prefix of a sealed
+    address (and not erased)."""
+    person = case((Message.direction == "inbound", Message.from_addr), else_=Message.to_addr)
+    return and_(not_(person.startswith(ADDRESS_PREFIX, autoescape=True)), person != "[erased]")
+
+
 async def _encryption(session: AsyncSession, settings: Settings) -> Encryption:
     live, destroyed = (
         await session.execute(
@@ -190,12 +246,23 @@ async def _encryption(session: AsyncSession, settings: Settings) -> Encryption:
             )
         )
     ).one()
+    keys_live, keys_destroyed = (
+        await session.execute(
+            select(
+                func.count(DataKey.id).filter(DataKey.wrapped.is_not(None)),
+                func.count(DataKey.id).filter(DataKey.wrapped.is_(None)),
+            ).where(DataKey.purpose == "address")
+        )
+    ).one()
     return Encryption(
         master_key_configured=settings.master_key is not None
         or settings.master_key_file is not None,
         content_keys_live=int(live or 0),
         content_keys_destroyed=int(destroyed or 0),
         unencrypted_messages=await _count(session, _stored_in_clear()),
+        data_keys_live=int(keys_live or 0),
+        data_keys_destroyed=int(keys_destroyed or 0),
+        unsealed_addresses=await _count(session, _address_in_clear()),
     )
 
 
@@ -270,6 +337,9 @@ def render_text(report: PrivacyReport) -> str:
         f"  master key configured: {'yes' if enc.master_key_configured else 'NO'}",
         f"  content keys: {enc.content_keys_live} live, {enc.content_keys_destroyed} destroyed",
         f"  messages with content stored unencrypted: {enc.unencrypted_messages}",
+        f"  address keys: {enc.data_keys_live} live, {enc.data_keys_destroyed} destroyed "
+        "(closed accounts)",
+        f"  messages with the recipient's address in clear: {enc.unsealed_addresses}",
         "",
         f"content past retention: {report.content_past_retention} (must be 0)",
         "",
@@ -302,6 +372,13 @@ def render_text(report: PrivacyReport) -> str:
             if report.subject_requests.next_due_at
             else ""
         ),
+    ]
+    audit = report.audit
+    lines += [
+        "",
+        f"audit log: entries kept {audit.retention_days} days, personal fields "
+        f"{audit.personal_retention_days}; oldest entry "
+        + ("none" if audit.oldest_age_days is None else f"{audit.oldest_age_days} days old"),
     ]
     if report.not_covered:
         lines += ["", "not covered"]

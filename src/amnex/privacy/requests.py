@@ -4,8 +4,14 @@ Design note.
 
 - A request is filed by a client (the controller, for a recipient of its messages: its own
   account's records) or by an operator (for one account, or with no account for the whole
-  platform). Types: `access`, `portability`, `erasure`, `restriction`, `objection`.
-  Rectification is not built yet.
+  platform). Types: `access`, `portability`, `rectification`, `erasure`, `restriction`,
+  `objection`.
+- Rectification corrects the contact data Amnex holds about the subject: the contact name,
+  email and phone of each account (in scope) whose contact is the subject — client staff, for
+  whom an operator files it. What was sent to an address is a record of that sending and is
+  not rewritten; a recipient whose address changed is served by an opt-out or consent for the
+  new one. The request carries the corrections (`contact_name`, `email`, `phone`); the result
+  names the accounts and fields corrected, never the values.
 - Status: `received` → `in_progress` → `completed` (or `rejected`). It is due one month
   (`DUE_DAYS`) after it was received; it may be extended once, by up to two months
   (`EXTENSION_MAX_DAYS`), with a reason. Every step appends a `subject_request_events` row
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, select
+from sqlalchemy import ForeignKey, Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -43,10 +49,11 @@ from amnex.db.ids import looks_like_id, new_id
 from amnex.errors import Conflict, NotFound, ValidationFailed
 from amnex.privacy import subjects
 from amnex.privacy.audit import AuditEntry, delete_audit_personal, record_audit
+from amnex.privacy.keys import SealedBytes, SealedText
 from amnex.privacy.records import Records
 from amnex.recipients import service as recipients
 
-REQUEST_TYPES = ("access", "portability", "erasure", "restriction", "objection")
+REQUEST_TYPES = ("access", "portability", "rectification", "erasure", "restriction", "objection")
 EXPORT_TYPES = frozenset({"access", "portability"})
 OPEN_STATUSES = ("received", "in_progress")
 DUE_DAYS = 30
@@ -66,7 +73,7 @@ class SubjectRequest(Base):
     type: Mapped[str] = mapped_column(String(16))
     channel_kind: Mapped[str] = mapped_column(String(8))
     # The normalised address while open; null once completed (`address_masked` stays).
-    address: Mapped[str | None] = mapped_column(String(320))
+    address: Mapped[str | None] = mapped_column(SealedText)  # under the platform data key
     address_masked: Mapped[str] = mapped_column(String(320))
     note: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(12))
@@ -99,7 +106,7 @@ class SubjectRequestExport(Base):
     __tablename__ = "subject_request_exports"
 
     request_id: Mapped[str] = mapped_column(ForeignKey("subject_requests.id"), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[bytes] = mapped_column(SealedBytes)  # under the platform data key
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
 
@@ -166,14 +173,14 @@ async def file_subject_request(
     note: str | None,
     actor: Actor,
     records: Records,
+    export_ttl_days: int = EXPORT_TTL_DAYS,
+    corrections: dict[str, str] | None = None,
 ) -> SubjectRequest:
     """Record a request and process it at once (see the design note)."""
     if type_ not in REQUEST_TYPES:
-        raise ValidationFailed(
-            f"type: one of {', '.join(REQUEST_TYPES)} (rectification is not built yet)",
-            field="type",
-        )
+        raise ValidationFailed(f"type: one of {', '.join(REQUEST_TYPES)}", field="type")
     subject = subjects.subject_of(address, account_id)
+    checked = subjects.check_corrections(corrections, rectification=type_ == "rectification")
     now = utc_now()
     request = SubjectRequest(
         id=new_id("dsr"),
@@ -191,14 +198,23 @@ async def file_subject_request(
     )
     session.add(request)
     _step(session, request, "received", actor, address=subject.address)
-    await process_subject_request(session, request, actor, records)
+    await process_subject_request(
+        session, request, actor, records, export_ttl_days, corrections=checked
+    )
     return request
 
 
 async def process_subject_request(
-    session: AsyncSession, request: SubjectRequest, actor: Actor, records: Records
+    session: AsyncSession,
+    request: SubjectRequest,
+    actor: Actor,
+    records: Records,
+    export_ttl_days: int = EXPORT_TTL_DAYS,
+    *,
+    corrections: dict[str, str] | None = None,
 ) -> SubjectRequest:
-    """Carry an open request as far as it can go now; a no-op once it is closed."""
+    """Carry an open request as far as it can go now; a no-op once it is closed (a
+    rectification completes in the call that files it, with its `corrections`)."""
     if request.status not in OPEN_STATUSES or request.address is None:
         return request
     subject = subjects.Subject(
@@ -218,7 +234,7 @@ async def process_subject_request(
                 request_id=request.id,
                 data=data,
                 created_at=now,
-                expires_at=now + timedelta(days=EXPORT_TTL_DAYS),
+                expires_at=now + timedelta(days=export_ttl_days),
             )
         )
         result: dict[str, Any] = {"counts": counts, "export_bytes": len(data)}
@@ -236,6 +252,11 @@ async def process_subject_request(
         result["canceled_messages"] = canceled + int(
             (request.result or {}).get("canceled_messages", 0)
         )
+    elif request.type == "rectification":
+        corrected = await subjects.rectify_subject(
+            session, subject, corrections or {}, now=now, request_id=request.id
+        )
+        result = {"corrected": corrected, "fields": sorted(corrections or {})}
     else:  # restriction, objection
         opt_out_id, created = await subjects.restrict_subject(
             session, subject, request_id=request.id

@@ -15,7 +15,19 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
 4. **Keys.** Every content key of a past period that no message's content is under any more
    is destroyed (`privacy.content.destroy_spent_keys`): whatever copy of that content
    survives in free pages, the WAL, dumps or backups can no longer be read.
-5. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
+5. **Subject-request exports** past their `expires_at` (`subject_export_ttl_days` after they
+   were built) are deleted; a download after that is refused as before (`404 not_found`).
+6. **Audit personal fields.** The `audit_personal` row of an entry older than
+   `audit_personal_retention_days` (365) is deleted; the entry stays and its chain verifies.
+7. **Audit entries** older than `audit_retention_days` (6 years) are deleted, per chain, oldest
+   first, only ever a prefix of the chain: each chunk locks the chain's head row, deletes the
+   oldest entries from the anchor on (with their personal fields) and moves the anchor to the
+   newest one deleted, in one transaction (`privacy.audit`'s design note). The purge checks
+   each entry it deletes against the chain (position, link, hash) and stops at the first that
+   does not hold, so it never deletes the evidence of tampering; `verify_audit_chain` reports
+   it. Chains with something due are found from the head rows: a chain's oldest entry is the
+   one after its anchor, one index look-up each.
+8. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
    `secure_delete` zeroes freed space in the database file.
 
 **Per account.** An account may have retention settings of its own
@@ -36,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -54,7 +67,15 @@ from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.status import FINAL_STATUSES, Status
+from amnex.privacy.audit import (
+    AuditChainHead,
+    AuditEntry,
+    AuditPersonal,
+    delete_audit_personal,
+    entry_hash,
+)
 from amnex.privacy.content import destroy_spent_keys
+from amnex.privacy.requests import SubjectRequestExport
 from amnex.privacy.retention_settings import (
     EffectiveRetention,
     default_retention,
@@ -184,12 +205,18 @@ async def purge_once(
         groups = await _groups(session, settings)
     content_due = [and_(g.accounts, _content_due(g.retention, now)) for g in groups]
     metadata_due = [and_(g.accounts, _metadata_due(g.retention, now)) for g in groups]
+    exports_before = now
+    personal_before = now - timedelta(days=settings.audit_personal_retention_days)
+    entries_before = now - timedelta(days=settings.audit_retention_days)
     if dry_run:
         async with db.read_session() as session:
             for condition in content_due:
                 report.add("content", await _count(session, condition))
             for condition in metadata_due:
                 report.add("metadata", await _count(session, condition))
+            report.add("exports", await _count_exports(session, exports_before))
+            report.add("audit_personal", await _count_audit_personal(session, personal_before))
+            report.add("audit_entries", await _count_audit_entries(session, entries_before))
         return report
 
     for condition in content_due:
@@ -206,12 +233,34 @@ async def purge_once(
             report.add("metadata", deleted)
             if deleted < chunk:
                 break
+    report.add(
+        "exports",
+        await _in_chunks(db, partial(_delete_exports, before=exports_before, chunk=chunk), chunk),
+    )
+    report.add(
+        "audit_personal",
+        await _in_chunks(
+            db, partial(_delete_audit_personal, before=personal_before, chunk=chunk), chunk
+        ),
+    )
+    async with db.read_session() as session:
+        chains = await _chains_with_entries_before(session, entries_before)
+    report.add("audit_entries", 0)
+    for chain in chains:
+        report.add(
+            "audit_entries",
+            await _in_chunks(
+                db,
+                partial(_delete_audit_entries, chain=chain, before=entries_before, chunk=chunk),
+                chunk,
+            ),
+        )
     report.destroyed_keys = await destroy_spent_keys(
         db, now=now, period_s=settings.content_key_period_s
     )
     report.add("keys_destroyed", len(report.destroyed_keys))
-    if db.is_sqlite and (report.counts["content"] or report.counts["metadata"]):
-        await _truncate_wal(db)
+    if db.is_sqlite and any(n for step, n in report.counts.items() if step != "keys_destroyed"):
+        await truncate_wal(db)
     async with db.unit_of_work() as session:
         session.add(
             PurgeRun(
@@ -253,7 +302,121 @@ async def _delete_metadata(session: AsyncSession, condition: Any, chunk: int) ->
     return len(ids)
 
 
-async def _truncate_wal(db: Database) -> None:
+async def _in_chunks(
+    db: Database, work: Callable[[AsyncSession], Awaitable[int]], chunk: int
+) -> int:
+    """Run `work` (one chunk, one transaction) until it does less than a full chunk."""
+    total = 0
+    while True:
+        done = await db.write(work)
+        total += done
+        if done < chunk:
+            return total
+
+
+async def _count_exports(session: AsyncSession, before: datetime) -> int:
+    return int(
+        await session.scalar(select(func.count()).where(SubjectRequestExport.expires_at <= before))
+        or 0
+    )
+
+
+async def _delete_exports(session: AsyncSession, before: datetime, chunk: int) -> int:
+    ids = list(
+        await session.scalars(
+            select(SubjectRequestExport.request_id)
+            .where(SubjectRequestExport.expires_at <= before)
+            .limit(chunk)
+        )
+    )
+    if ids:
+        await session.execute(
+            delete(SubjectRequestExport).where(SubjectRequestExport.request_id.in_(ids))
+        )
+    return len(ids)
+
+
+def _personal_before(before: datetime) -> Any:
+    return (
+        select(AuditPersonal.entry_id)
+        .join(AuditEntry, AuditEntry.id == AuditPersonal.entry_id)
+        .where(AuditEntry.at < before)
+    )
+
+
+async def _count_audit_personal(session: AsyncSession, before: datetime) -> int:
+    due = _personal_before(before).subquery()
+    return int(await session.scalar(select(func.count()).select_from(due)) or 0)
+
+
+async def _delete_audit_personal(session: AsyncSession, before: datetime, chunk: int) -> int:
+    ids = list(await session.scalars(_personal_before(before).limit(chunk)))
+    if ids:
+        await delete_audit_personal(session, entry_ids=ids)
+    return len(ids)
+
+
+async def _count_audit_entries(session: AsyncSession, before: datetime) -> int:
+    return int(await session.scalar(select(func.count()).where(AuditEntry.at < before)) or 0)
+
+
+async def _chains_with_entries_before(session: AsyncSession, before: datetime) -> list[str]:
+    """Chains whose oldest entry (the one after the anchor) is older than `before`."""
+    rows = await session.scalars(
+        select(AuditChainHead.chain)
+        .join(
+            AuditEntry,
+            and_(
+                AuditEntry.chain == AuditChainHead.chain,
+                AuditEntry.seq == AuditChainHead.anchor_seq + 1,
+            ),
+        )
+        .where(AuditEntry.at < before)
+        .order_by(AuditChainHead.chain)
+    )
+    return list(rows)
+
+
+async def _delete_audit_entries(
+    session: AsyncSession, chain: str, before: datetime, chunk: int
+) -> int:
+    """Delete up to `chunk` of the chain's oldest entries older than `before`, and move its
+    anchor to the newest one deleted (see the module docstring). The head row is locked
+    first, so two purges, or a purge and an append, take turns on the chain."""
+    head = await session.get(AuditChainHead, chain, with_for_update=True)
+    if head is None:
+        return 0
+    rows = await session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.chain == chain, AuditEntry.seq > head.anchor_seq)
+        .order_by(AuditEntry.seq)
+        .limit(chunk)
+    )
+    seq, prev = head.anchor_seq, head.anchor_hash
+    ids: list[str] = []
+    for entry in rows:
+        if entry.at >= before:
+            break
+        if entry.seq != seq + 1 or entry.prev_hash != prev or entry_hash(entry) != entry.hash:
+            # Tampered with: keep it for `verify_audit_chain` to report, and stop here.
+            log.warning(
+                "purge: audit chain %s does not verify at %s; not deleting", chain, entry.id
+            )
+            break
+        ids.append(entry.id)
+        seq, prev = entry.seq, entry.hash
+    if ids:
+        await delete_audit_personal(session, entry_ids=ids)
+        await session.execute(
+            delete(AuditEntry)
+            .where(AuditEntry.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )
+        head.anchor_seq, head.anchor_hash = seq, prev
+    return len(ids)
+
+
+async def truncate_wal(db: Database) -> None:
     """Copy the WAL into the database file and empty it (a busy reader defers that to the
     next run: SQLite then reports the checkpoint incomplete, which is not an error)."""
     path = make_url(db.url).database

@@ -1,47 +1,55 @@
 """Privacy: every read and write of a data subject's records by address, for subject requests.
 
-Design note. Addresses are still stored normalised and in clear (E.164, lower-cased email);
-a keyed blind index replaces them later. Every query that names a subject's address for a
-data-subject request lives here, so that change touches this module alone.
+Design note. No address is stored in clear: a subject's rows are found by the blind index of
+the normalised address (`privacy.keys`), the same platform-wide index every table keeps
+(`messages.peer_index`, `opt_outs.address_index`, …), so an operator's request finds a person
+in every account with one indexed look-up per table. Every query that names a subject for a
+data-subject request lives here.
 
 - A subject is a phone number or an email address, normalised as the suppression list stores
   it (`recipients.service.normalise_address("all", …)`). A phone subject's messages are its
   SMS and MMS; an email subject's, its email.
 - Scope: a client's request covers its own account's records (`account_id`); an operator's
   request with no account covers every account, and the platform's own opt-outs.
-- Erasure keeps two kinds of row, as the policy allows: the subject's opt-outs (the
-  suppression marker that keeps them from being messaged again; their evidence is emptied),
-  and each message as a billing line: id, account, channel, status, segments, price and
-  timestamps, with the subject's address replaced by `ERASED` and its content, metadata,
-  error text and provider detail emptied. A message's events and parts go; so do the opt-out
-  history, the inbound parts the subject sent and the personal fields of audit entries that
-  named the subject in their target.
-- The consent ledger hashes the address into each entry (`recipients.service.consent_hash`),
-  so neither deleting nor rewriting an entry leaves the account's chain verifiable. Until the
-  ledger keeps its personal fields apart from the hash, erasure keeps the subject's consent
-  entries and reports them under `retained` with that reason (`erase_subject`).
+- Erasure keeps two kinds of row, as the policy allows: the subject's opt-outs, reduced to
+  the suppression marker that keeps them from being messaged again (the blind index; the
+  sealed address and the evidence are removed), and each message as a billing line: id,
+  account, channel, status, segments, price and timestamps, with the subject's address
+  replaced by `ERASED`, its blind index removed and its content, metadata, error text and
+  provider detail emptied. A message's events and parts go; so do the opt-out history, the
+  inbound parts the subject sent and the personal fields of audit entries that named the
+  subject in their target.
+- Consent entries stay in the account's ledger, whose chain hashes only their non-personal
+  fields and a salted digest of the personal ones (`recipients.models.ConsentEntry`): erasure
+  removes the address, its index, the evidence and the salt, and the chain still verifies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from amnex.accounts.models import Account
+from amnex.compliance.addresses import normalise_email_address, normalise_phone_number
+from amnex.errors import ValidationFailed
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import transition
 from amnex.messages.status import CANCELABLE_STATUSES, FINAL_STATUSES, Status
+from amnex.privacy.audit import record_audit
+from amnex.privacy.keys import blind_index, load_keys, open_address
 from amnex.privacy.logsafe import mask_text
 from amnex.receipts.models import InboundPart
 from amnex.recipients import service as recipients
 from amnex.recipients.models import ConsentEntry, OptOut, OptOutEvent
 
 SubjectKind = Literal["phone", "email"]
+CORRECTABLE_FIELDS = ("contact_name", "email", "phone")
 ERASED = "[erased]"
 _PHONE_CHANNELS = ("sms", "mms")
 
@@ -53,6 +61,10 @@ class Subject:
     kind: SubjectKind
     address: str
     account_id: str | None
+
+    @property
+    def index(self) -> str:
+        return blind_index(self.address)
 
 
 def subject_of(address: str, account_id: str | None) -> Subject:
@@ -71,21 +83,9 @@ def masked(address: str) -> str:
 # Messages
 
 
-def _address_is(column: InstrumentedAttribute[str], subject: Subject) -> ColumnElement[bool]:
-    if subject.kind == "email":
-        return func.lower(column) == subject.address
-    return column == subject.address
-
-
 def _subject_messages(subject: Subject) -> ColumnElement[bool]:
     channels = ("email",) if subject.kind == "email" else _PHONE_CHANNELS
-    condition = and_(
-        Message.channel.in_(channels),
-        or_(
-            and_(Message.direction == "outbound", _address_is(Message.to_addr, subject)),
-            and_(Message.direction == "inbound", _address_is(Message.from_addr, subject)),
-        ),
-    )
+    condition = and_(Message.peer_index == subject.index, Message.channel.in_(channels))
     if subject.account_id is not None:
         condition = and_(Message.account_id == subject.account_id, condition)
     return condition
@@ -139,7 +139,11 @@ async def subject_messages(session: AsyncSession, subject: Subject) -> list[dict
         .where(_subject_messages(subject))
         .order_by(Message.created_at, Message.id)
     )
-    return [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in rows]
+    found = [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in rows]
+    await load_keys({row["account_id"] for row in found})
+    for row in found:
+        row["from"], row["to"] = open_address(row["from"]), open_address(row["to"])
+    return found
 
 
 async def cancel_pending_messages(
@@ -189,14 +193,14 @@ def _in_scope(column: InstrumentedAttribute[str], subject: Subject) -> ColumnEle
 
 
 async def subject_opt_outs(session: AsyncSession, subject: Subject) -> list[OptOut]:
-    query = select(OptOut).where(OptOut.address == subject.address)
+    query = select(OptOut).where(OptOut.address_index == subject.index)
     if subject.account_id is not None:
         query = query.where(OptOut.account_id == subject.account_id)
     return list(await session.scalars(query.order_by(OptOut.created_at, OptOut.id)))
 
 
 async def subject_consents(session: AsyncSession, subject: Subject) -> list[ConsentEntry]:
-    query = select(ConsentEntry).where(ConsentEntry.address == subject.address)
+    query = select(ConsentEntry).where(ConsentEntry.address_index == subject.index)
     if subject.account_id is not None:
         query = query.where(ConsentEntry.account_id == subject.account_id)
     return list(await session.scalars(query.order_by(ConsentEntry.account_id, ConsentEntry.seq)))
@@ -259,54 +263,129 @@ async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, An
                 await session.execute(
                     update(Message)
                     .where(Message.id.in_(chunk), Message.direction == direction)
-                    .values({**emptied, column: ERASED})
+                    .values({**emptied, column: ERASED, "peer_index": None})
                     .execution_options(synchronize_session=False)
                 )
             )
-    history = delete(OptOutEvent).where(OptOutEvent.address == subject.address)
+    history = delete(OptOutEvent).where(OptOutEvent.address_index == subject.index)
     if subject.account_id is not None:
         history = history.where(OptOutEvent.account_id == subject.account_id)
     removed["opt_out_events"] = _rowcount(await session.execute(history))
-    markers = update(OptOut).where(OptOut.address == subject.address)
+    markers = update(OptOut).where(OptOut.address_index == subject.index)
     if subject.account_id is not None:
         markers = markers.where(OptOut.account_id == subject.account_id)
     kept_markers = _rowcount(
         await session.execute(
-            markers.values(evidence=None).execution_options(synchronize_session=False)
+            markers.values(address=None, evidence=None).execution_options(synchronize_session=False)
         )
     )
     removed["inbound_parts"] = 0
     if subject.kind == "phone" and subject.account_id is None:
         # Parts carry no account: only a platform-wide request may remove them.
-        sources = (subject.address, subject.address.lstrip("+"))
+        sources = (subject.index, blind_index(subject.address.lstrip("+")))
         removed["inbound_parts"] = _rowcount(
             await session.execute(delete(InboundPart).where(InboundPart.source.in_(sources)))
         )
-    consents = await session.scalar(
-        select(func.count())
-        .select_from(ConsentEntry)
-        .where(
-            ConsentEntry.address == subject.address,
-            _in_scope(ConsentEntry.account_id, subject),
+    consents = _rowcount(
+        await session.execute(
+            update(ConsentEntry)
+            .where(
+                ConsentEntry.address_index == subject.index,
+                _in_scope(ConsentEntry.account_id, subject),
+            )
+            .values(address=None, address_index=None, evidence=None, personal_salt=None)
+            .execution_options(synchronize_session=False)
         )
     )
+    anonymised["consent_entries"] = consents
     return {
         "removed": removed,
         "anonymised": anonymised,
         "retained": {
             "opt_outs": {
                 "rows": kept_markers,
-                "why": "suppression marker: the subject is never messaged again "
-                "(address kept until the blind index; evidence emptied)",
+                "why": "suppression marker: the subject is never messaged again (only the "
+                "keyed blind index of the address is kept; address and evidence removed)",
             },
             "messages": {
                 "rows": anonymised["messages"],
                 "why": "billing lines: address, content and metadata removed",
             },
             "consent_entries": {
-                "rows": int(consents or 0),
-                "why": "the consent ledger hashes the address into its chain; kept until "
-                "the ledger stores personal fields apart from the hash",
+                "rows": consents,
+                "why": "ledger entries keep the account's chain verifiable; their address, "
+                "its index and the evidence were removed",
             },
         },
     }
+
+
+# Rectification
+
+
+def check_corrections(
+    corrections: Mapping[str, str] | None, *, rectification: bool
+) -> dict[str, str] | None:
+    """A rectification's corrections, normalised (raises ValidationFailed or InvalidAddress);
+    refused on any other type."""
+    if not rectification:
+        if corrections:
+            raise ValidationFailed(
+                "corrections: only a rectification carries corrections", field="corrections"
+            )
+        return None
+    if not corrections:
+        raise ValidationFailed(
+            "corrections: a rectification names at least one of " + ", ".join(CORRECTABLE_FIELDS),
+            field="corrections",
+        )
+    checked: dict[str, str] = {}
+    for name, value in corrections.items():
+        where = f"corrections.{name}"
+        if name not in CORRECTABLE_FIELDS:
+            raise ValidationFailed(
+                f"{where}: only {', '.join(CORRECTABLE_FIELDS)} can be corrected", field=where
+            )
+        value = value.strip()
+        if name == "email":
+            value = normalise_email_address(value, field=where)
+        elif name == "phone":
+            value = normalise_phone_number(value, field=where)
+        elif not value or len(value) > 200:
+            raise ValidationFailed(f"{where}: 1 to 200 characters", field=where)
+        checked[name] = value
+    return checked
+
+
+async def rectify_subject(
+    session: AsyncSession,
+    subject: Subject,
+    corrections: Mapping[str, str],
+    *,
+    now: datetime,
+    request_id: str,
+) -> list[str]:
+    """Apply `corrections` to every account in scope whose contact is the subject; returns
+    their ids. Each change is audited on the account's chain (field names only)."""
+    contact = (
+        func.lower(Account.email) == subject.address
+        if subject.kind == "email"
+        else Account.phone == subject.address
+    )
+    query = select(Account).where(contact).with_for_update()
+    if subject.account_id is not None:
+        query = query.where(Account.id == subject.account_id)
+    accounts = list(await session.scalars(query.order_by(Account.id)))
+    for account in accounts:
+        for name, value in corrections.items():
+            setattr(account, name, value)
+        account.updated_at = now
+        record_audit(
+            session,
+            actor="system",
+            action="account.rectify",
+            target_type="account",
+            target_id=account.id,
+            detail={"fields": sorted(corrections), "request_id": request_id},
+        )
+    return [account.id for account in accounts]

@@ -33,9 +33,10 @@ from amnex.accounts.models import Sender
 from amnex.db.bulk import insert_rows, update_rows
 from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
-from amnex.messages.service import event_row, transition
+from amnex.messages.service import address_columns, event_row, transition
 from amnex.messages.status import Status, check_transition
 from amnex.metrics import INBOUND_MESSAGES, MESSAGES_DELIVERED, RECEIPT_TIMEOUTS, RECEIPTS
+from amnex.privacy.keys import blind_index, open_address, prepare_keys, seal_address
 from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
 from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
 from amnex.receipts.models import InboundPart, PendingReceipt
@@ -541,8 +542,7 @@ def _inbound_message(
         account_id=account_id,
         channel="sms",
         direction="inbound",
-        from_addr=source,
-        to_addr=destination,
+        **address_columns(account_id, direction="inbound", from_addr=source, to_addr=destination),
         category="transactional",
         status=Status.DELIVERED.value,
         body=decoded.text,
@@ -577,6 +577,7 @@ async def store_inbound(
     """Store inbound messages and parts; False for an item whose destination no account owns
     (the SMSC is told the destination is invalid; nothing is kept)."""
     owners = await owners_of_numbers(session, (item.fragment.destination for item in items))
+    await prepare_keys([*owners.values(), None])
     stored: list[bool] = []
     created: list[Message] = []
     for item in items:
@@ -615,12 +616,13 @@ async def _store_part(
     """Store one part; the inbound message once this part completes it, else None."""
     fragment = item.fragment
     source, destination, reference, total = fragment_key(fragment)
+    source_index = blind_index(source)
     await session.flush()  # parts added earlier in this batch are visible to the query
     rows = list(
         await session.scalars(
             select(InboundPart).where(
                 InboundPart.connector_id == item.connector_id,
-                InboundPart.source == source,
+                InboundPart.source == source_index,
                 InboundPart.destination == destination,
                 InboundPart.reference == reference,
                 InboundPart.total == total,
@@ -632,13 +634,14 @@ async def _store_part(
         return None
     row = InboundPart(
         connector_id=item.connector_id,
-        source=source,
+        source=source_index,
+        source_addr=seal_address(None, source),
         destination=destination,
         reference=reference,
         total=total,
         sequence=fragment.sequence,
         data_coding=fragment.data_coding,
-        payload=fragment.payload,
+        payload=fragment.payload.hex(),
         received_at=now,
     )
     session.add(row)
@@ -668,14 +671,20 @@ async def _store_part(
 
 def _as_fragment(row: InboundPart) -> InboundFragment:
     return InboundFragment(
-        source=row.source,
+        source=open_address(row.source_addr) or "",
         destination=row.destination,
-        payload=row.payload,
+        payload=_payload(row),
         data_coding=row.data_coding,
         reference=row.reference,
         total=row.total,
         sequence=row.sequence,
     )
+
+
+def _payload(row: InboundPart) -> bytes:
+    # Hex under a content key; a part whose key was destroyed (it outlived its period by far)
+    # reads as nothing rather than stopping the sweep.
+    return bytes.fromhex(row.payload or "")
 
 
 async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: float) -> int:
@@ -693,12 +702,13 @@ async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: f
     if not groups:
         return 0
     owners = await owners_of_numbers(session, (key[2] for key in groups))
-    for (connector_id, source, destination, _, total), rows in groups.items():
+    await prepare_keys([*owners.values(), None])
+    for (connector_id, source_index, destination, _, total), rows in groups.items():
         siblings = list(
             await session.scalars(
                 select(InboundPart).where(
                     InboundPart.connector_id == connector_id,
-                    InboundPart.source == source,
+                    InboundPart.source == source_index,
                     InboundPart.destination == destination,
                     InboundPart.reference == rows[0].reference,
                     InboundPart.total == total,
@@ -706,6 +716,7 @@ async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: f
             )
         )
         siblings.sort(key=lambda r: r.sequence)
+        source = open_address(siblings[0].source_addr) or ""
         account_id = owners.get(destination)
         complete = reassemble([_as_fragment(r) for r in siblings])
         if account_id is not None and complete is not None:
@@ -728,7 +739,7 @@ async def expire_inbound_parts(session: AsyncSession, *, now: datetime, ttl_s: f
                 account_id=account_id,
                 source=source,
                 destination=destination,
-                payload=b"".join(r.payload for r in siblings),
+                payload=b"".join(_payload(r) for r in siblings),
                 data_coding=siblings[0].data_coding,
                 segments=total,
                 connector_id=connector_id,

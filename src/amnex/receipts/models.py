@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base
+from amnex.privacy.content import EncryptedText
 
 ROW_PK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -46,11 +47,14 @@ class InboundPart(Base):
 
     id: Mapped[int] = mapped_column(ROW_PK, primary_key=True, autoincrement=True)
     connector_id: Mapped[str] = mapped_column(String(40))
+    # The sender's blind index (what parts are grouped by), and the sender sealed under the
+    # platform data key; the text under the current content key, as hex of the bytes.
     source: Mapped[str] = mapped_column(String(32))
+    source_addr: Mapped[str | None] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(String(32))
     reference: Mapped[int]
     total: Mapped[int]
     sequence: Mapped[int]
     data_coding: Mapped[int]
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[str] = mapped_column(EncryptedText("inbound_part"))
     received_at: Mapped[datetime]

@@ -38,6 +38,7 @@ from amnex.errors import InvalidAddress
 from amnex.messages.models import Message, MessageEvent
 from amnex.messages.status import Status
 from amnex.metrics import INBOUND_MESSAGES
+from amnex.privacy.keys import open_address
 from amnex.receipts.keywords import (
     ReplyClassification,
     ReplyIntent,
@@ -124,6 +125,7 @@ async def _apply(
         "recognised_as": found.how,
         "matched": found.matched,
     }
+    sender = open_address(inbound.from_addr) or ""
     try:
         if found.intent is ReplyIntent.OPT_OUT:
             channel = "all" if found.matched in _EVERY_CHANNEL else "sms"
@@ -132,7 +134,7 @@ async def _apply(
                 session,
                 account_id=account.account_id,
                 channel=channel,
-                address=inbound.from_addr,
+                address=sender,
                 source=source,
                 evidence=evidence,
             )
@@ -145,7 +147,7 @@ async def _apply(
                 session,
                 account_id=account.account_id,
                 channel="sms",
-                address=inbound.from_addr,
+                address=sender,
                 source="keyword",
                 evidence=evidence,
                 include_all_channels=True,
@@ -174,8 +176,10 @@ def _reply(
         channel="sms",
         direction="outbound",
         origin=origin,
+        # Sealed under the same account's key: the stored forms carry over as they are.
         from_addr=inbound.to_addr,
         to_addr=inbound.from_addr,
+        peer_index=inbound.peer_index,
         category="transactional",
         status=Status.QUEUED.value,
         body=text,

@@ -6,7 +6,8 @@ channels; does a live
 marketing consent exist (the newest ledger entry for the account, channel and address is a
 grant); and is this the account's first message to the recipient. A batch of messages is
 answered with at most three set-based reads — opt-outs, consents, earlier messages — matched
-in Python, never one query per message.
+in Python, never one query per message. Every match is on blind indexes
+(`privacy.keys`): no address is read or compared in clear.
 
 The same reads run on three connections: the accept path's own `sqlite3` connection (inside
 its write transaction, on its thread), asyncpg inside the accept path's PostgreSQL
@@ -39,13 +40,13 @@ _SUPPRESSED_BY = {
 class FactsQuery:
     account_id: str
     channel: str
-    address: str
+    address_index: str  # the recipient's blind index (`privacy.keys.blind_index`)
     consent: bool = False  # look up marketing consent
     first_contact: bool = False  # look up earlier outbound messages
 
 
-# (account_id or None, channel, address) of opt-outs; (account_id, channel, address, seq,
-# action) of consents; (account_id, address) of earlier outbound messages.
+# (account_id or None, channel, address index) of opt-outs; (account_id, channel, address
+# index, seq, action) of consents; (account_id, peer index) of earlier outbound messages.
 OptOutRow = tuple[str | None, str, str]
 ConsentRow = tuple[str, str, str, int, str]
 ContactRow = tuple[str, str]
@@ -70,7 +71,7 @@ def _assemble(
     for ask in asks:
         scope: str | None = None
         for channel in _SUPPRESSED_BY.get(ask.channel, (ask.channel, ALL_CHANNELS)):
-            holders = suppressed.get((ask.address, channel))
+            holders = suppressed.get((ask.address_index, channel))
             if holders:
                 if ask.account_id in holders:
                     scope = "account"
@@ -79,9 +80,9 @@ def _assemble(
                     scope = "platform"
         consented = False
         if ask.consent:
-            latest = newest.get((ask.account_id, ask.channel, ask.address))
+            latest = newest.get((ask.account_id, ask.channel, ask.address_index))
             consented = latest is not None and latest[1] == "granted"
-        first = ask.first_contact and (ask.account_id, ask.address) not in contacted
+        first = ask.first_contact and (ask.account_id, ask.address_index) not in contacted
         if scope is None and not consented and not first:
             out.append(NO_FACTS)
         else:
@@ -90,10 +91,10 @@ def _assemble(
 
 
 def _sets(asks: Sequence[FactsQuery]) -> tuple[list[str], list[str], list[str], list[str]]:
-    addresses = sorted({a.address for a in asks})
+    addresses = sorted({a.address_index for a in asks})
     accounts = sorted({a.account_id for a in asks})
-    consent_addresses = sorted({a.address for a in asks if a.consent})
-    contact_addresses = sorted({a.address for a in asks if a.first_contact})
+    consent_addresses = sorted({a.address_index for a in asks if a.consent})
+    contact_addresses = sorted({a.address_index for a in asks if a.first_contact})
     return addresses, accounts, consent_addresses, contact_addresses
 
 
@@ -102,19 +103,19 @@ def _sets(asks: Sequence[FactsQuery]) -> tuple[list[str], list[str], list[str], 
 
 # Lists travel as one JSON array each, so the statements are fixed text (compiled once).
 _SQLITE_OPT_OUTS = (
-    "SELECT account_id, channel, address FROM opt_outs "
-    "WHERE address IN (SELECT value FROM json_each(?)) "
+    "SELECT account_id, channel, address_index FROM opt_outs "
+    "WHERE address_index IN (SELECT value FROM json_each(?)) "
     "AND (account_id IS NULL OR account_id IN (SELECT value FROM json_each(?)))"
 )
 _SQLITE_CONSENTS = (
-    "SELECT account_id, channel, address, seq, action FROM consent_entries "
+    "SELECT account_id, channel, address_index, seq, action FROM consent_entries "
     "WHERE account_id IN (SELECT value FROM json_each(?)) "
-    "AND address IN (SELECT value FROM json_each(?)) AND purpose = 'marketing'"
+    "AND address_index IN (SELECT value FROM json_each(?)) AND purpose = 'marketing'"
 )
 _SQLITE_CONTACTS = (
-    "SELECT DISTINCT account_id, to_addr FROM messages "
+    "SELECT DISTINCT account_id, peer_index FROM messages "
     "WHERE account_id IN (SELECT value FROM json_each(?)) "
-    "AND to_addr IN (SELECT value FROM json_each(?)) "
+    "AND peer_index IN (SELECT value FROM json_each(?)) "
     "AND direction = 'outbound' AND channel IN ('sms', 'mms')"
 )
 
@@ -148,16 +149,17 @@ async def facts_asyncpg(driver: Any, asks: Sequence[FactsQuery]) -> list[Recipie
         return []
     addresses, accounts, consent_addresses, contact_addresses = _sets(asks)
     opt_outs = await driver.fetch(
-        "SELECT account_id, channel, address FROM opt_outs "
-        "WHERE address = ANY($1::text[]) AND (account_id IS NULL OR account_id = ANY($2::text[]))",
+        "SELECT account_id, channel, address_index FROM opt_outs "
+        "WHERE address_index = ANY($1::text[]) "
+        "AND (account_id IS NULL OR account_id = ANY($2::text[]))",
         addresses,
         accounts,
     )
     consents = []
     if consent_addresses:
         consents = await driver.fetch(
-            "SELECT account_id, channel, address, seq, action FROM consent_entries "
-            "WHERE account_id = ANY($1::text[]) AND address = ANY($2::text[]) "
+            "SELECT account_id, channel, address_index, seq, action FROM consent_entries "
+            "WHERE account_id = ANY($1::text[]) AND address_index = ANY($2::text[]) "
             "AND purpose = 'marketing'",
             accounts,
             consent_addresses,
@@ -165,8 +167,8 @@ async def facts_asyncpg(driver: Any, asks: Sequence[FactsQuery]) -> list[Recipie
     contacts = []
     if contact_addresses:
         contacts = await driver.fetch(
-            "SELECT DISTINCT account_id, to_addr FROM messages "
-            "WHERE account_id = ANY($1::text[]) AND to_addr = ANY($2::text[]) "
+            "SELECT DISTINCT account_id, peer_index FROM messages "
+            "WHERE account_id = ANY($1::text[]) AND peer_index = ANY($2::text[]) "
             "AND direction = 'outbound' AND channel IN ('sms', 'mms')",
             accounts,
             contact_addresses,
@@ -182,16 +184,16 @@ async def facts_asyncpg(driver: Any, asks: Sequence[FactsQuery]) -> list[Recipie
 # --- Any database, through a session (dispatch) --------------------------------------------
 
 _OPT_OUTS = text(
-    "SELECT account_id, channel, address FROM opt_outs "
-    "WHERE address IN :addresses AND (account_id IS NULL OR account_id IN :accounts)"
+    "SELECT account_id, channel, address_index FROM opt_outs "
+    "WHERE address_index IN :addresses AND (account_id IS NULL OR account_id IN :accounts)"
 ).bindparams(bindparam("addresses", expanding=True), bindparam("accounts", expanding=True))
 _CONSENTS = text(
-    "SELECT account_id, channel, address, seq, action FROM consent_entries "
-    "WHERE account_id IN :accounts AND address IN :addresses AND purpose = 'marketing'"
+    "SELECT account_id, channel, address_index, seq, action FROM consent_entries "
+    "WHERE account_id IN :accounts AND address_index IN :addresses AND purpose = 'marketing'"
 ).bindparams(bindparam("addresses", expanding=True), bindparam("accounts", expanding=True))
 _CONTACTS = text(
-    "SELECT DISTINCT account_id, to_addr FROM messages "
-    "WHERE account_id IN :accounts AND to_addr IN :addresses "
+    "SELECT DISTINCT account_id, peer_index FROM messages "
+    "WHERE account_id IN :accounts AND peer_index IN :addresses "
     "AND direction = 'outbound' AND channel IN ('sms', 'mms')"
 ).bindparams(bindparam("addresses", expanding=True), bindparam("accounts", expanding=True))
 

@@ -1,8 +1,11 @@
 """Recipients: tables for the suppression list (opt-outs, with their history) and the consent
 ledger (append-only, hash-chained per account).
 
-Addresses are stored normalised and in clear for now; every read and write of them goes
-through `recipients.service`, so that a later change to a keyed blind index touches one module.
+No address is stored in clear: each row has the blind index of the normalised address
+(`address_index`, `privacy.keys.blind_index`), which every look-up compares, and the address
+sealed under the owning account's data key (`address`, the platform's key for platform rows),
+which only display and exports open. Evidence is sealed too (`SealedJSON`). Every read and
+write of them goes through `recipients.service`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amnex.db.base import Base
+from amnex.privacy.keys import SealedJSON
 
-# The width of an address column: an email address (RFC 5321 path limit) or a push token.
+# The longest address accepted: an email address (RFC 5321 path limit) or a push token.
 ADDRESS_LENGTH = 320
+# The width of a blind index (`privacy.keys`).
+INDEX_LENGTH = 32
 
 
 class OptOut(Base):
@@ -34,7 +40,7 @@ class OptOut(Base):
             "uq_opt_outs_account",
             "account_id",
             "channel",
-            "address",
+            "address_index",
             unique=True,
             sqlite_where=text("account_id IS NOT NULL"),
             postgresql_where=text("account_id IS NOT NULL"),
@@ -42,20 +48,22 @@ class OptOut(Base):
         Index(
             "uq_opt_outs_platform",
             "channel",
-            "address",
+            "address_index",
             unique=True,
             sqlite_where=text("account_id IS NULL"),
             postgresql_where=text("account_id IS NULL"),
         ),
-        Index(None, "address", "channel"),
+        Index(None, "address_index", "channel"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
     channel: Mapped[str] = mapped_column(String(8))
-    address: Mapped[str] = mapped_column(String(ADDRESS_LENGTH))
+    address_index: Mapped[str | None] = mapped_column(String(INDEX_LENGTH))
+    # Sealed; null once the subject's erasure left only the suppression marker.
+    address: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(24))
-    evidence: Mapped[dict[str, Any] | None]
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON)
     created_at: Mapped[datetime]
 
 
@@ -74,10 +82,11 @@ class OptOutEvent(Base):
     opt_out_id: Mapped[str] = mapped_column(String(40))
     account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
     channel: Mapped[str] = mapped_column(String(8))
-    address: Mapped[str] = mapped_column(String(ADDRESS_LENGTH))
+    address_index: Mapped[str | None] = mapped_column(String(INDEX_LENGTH))
+    address: Mapped[str | None] = mapped_column(Text)
     action: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(24))
-    evidence: Mapped[dict[str, Any] | None]
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON)
     at: Mapped[datetime]
 
 
@@ -85,11 +94,17 @@ class ConsentEntry(Base):
     """One entry of an account's consent ledger: a grant or a revocation, with its evidence.
 
     Entries are only inserted. `seq` numbers an account's entries 1, 2, 3, …; `hash` is the
-    SHA-256 of the entry's canonical JSON (every field below but `hash`, `prev_hash`
-    included), and `prev_hash` the hash of entry `seq - 1` (64 zeros for the first), so an
-    edited, removed or inserted row breaks the chain (`service.verify_chain`). The unique
-    (account_id, seq) and (account_id, prev_hash) make a fork impossible even for a writer
-    that bypassed the chain head.
+    SHA-256 of the entry's canonical JSON (its non-personal fields, `prev_hash` included), and
+    `prev_hash` the hash of entry `seq - 1` (64 zeros for the first), so an edited, removed or
+    inserted row breaks the chain (`service.verify_chain`). The unique (account_id, seq) and
+    (account_id, prev_hash) make a fork impossible even for a writer that bypassed the chain
+    head.
+
+    Personal fields stand apart from the chain: the address (its blind index and its sealed
+    form) and the evidence. The chain hashes `personal_digest`, the SHA-256 of those fields
+    and a random `personal_salt`; while they are present, verification recomputes the digest,
+    so they cannot be edited unnoticed either. Erasure clears them and the salt: the digest
+    left behind says nothing about the person, and the chain still verifies.
     """
 
     __tablename__ = "consent_entries"
@@ -97,19 +112,22 @@ class ConsentEntry(Base):
         UniqueConstraint("account_id", "seq"),
         UniqueConstraint("account_id", "prev_hash"),
         # live_consent: the newest entry for one (account, address, channel, purpose).
-        Index(None, "account_id", "address", "channel", "purpose", "seq"),
+        Index(None, "account_id", "address_index", "channel", "purpose", "seq"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     seq: Mapped[int]
     channel: Mapped[str] = mapped_column(String(8))
-    address: Mapped[str] = mapped_column(String(ADDRESS_LENGTH))
+    address_index: Mapped[str | None] = mapped_column(String(INDEX_LENGTH))
+    address: Mapped[str | None] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(16))
     text_shown: Mapped[str | None] = mapped_column(Text)
-    evidence: Mapped[dict[str, Any]]
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON)
+    personal_salt: Mapped[str | None] = mapped_column(String(32))
+    personal_digest: Mapped[str | None] = mapped_column(String(64))
     occurred_at: Mapped[datetime]
     recorded_at: Mapped[datetime]
     recorded_by: Mapped[str] = mapped_column(String(120))

@@ -18,8 +18,11 @@ Design note.
   occurring after the opt-out); the account's opt-out for that channel is then removed in the
   same transaction. A platform-wide or all-channel opt-out is never lifted this way.
 
-Addresses are kept in clear for now; only this module reads or writes them, so that the keyed
-blind index of the privacy work replaces them here alone.
+- Addresses. Every look-up compares the blind index of the normalised address
+  (`privacy.keys.blind_index`); the address itself is stored sealed under the owning account's
+  data key and opened only to show it (`opt_out_out`, `consent_out`). Write paths call
+  `load_keys` inside the caller's transaction: the account's key exists (it is created with
+  the account, or by `prepare_keys` before the transaction), so nothing waits to create one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +55,7 @@ from amnex.errors import (
     NotFound,
     ValidationFailed,
 )
+from amnex.privacy.keys import blind_index, load_keys, open_address, seal_address
 from amnex.recipients.models import (
     ADDRESS_LENGTH,
     ConsentChainHead,
@@ -231,7 +236,11 @@ def _suppressing(account_id: str | None, channel: str, address: str) -> Select[O
     )
     return (
         select(OptOut)
-        .where(OptOut.address == address, OptOut.channel.in_((channel, ALL_CHANNELS)), owners)
+        .where(
+            OptOut.address_index == blind_index(address),
+            OptOut.channel.in_((channel, ALL_CHANNELS)),
+            owners,
+        )
         # The most specific first: the account's own row, then its channel's row.
         .order_by(OptOut.account_id.is_(None), OptOut.channel == ALL_CHANNELS, OptOut.id)
     )
@@ -255,6 +264,7 @@ def _event(
         opt_out_id=opt_out.id,
         account_id=opt_out.account_id,
         channel=opt_out.channel,
+        address_index=opt_out.address_index,
         address=opt_out.address,
         action=action,
         source=source,
@@ -278,14 +288,17 @@ async def add_opt_out(
     _choice(channel, OPT_OUT_CHANNELS, "channel")
     _choice(source, OPT_OUT_SOURCES, "source")
     address = normalise_address(channel, address)
+    address_index = blind_index(address)
     stored_evidence = _storable(evidence)
+    await load_keys((account_id,))
     insert = (
         _insert(session)(OptOut)
         .values(
             id=new_id("opt"),
             account_id=account_id,
             channel=channel,
-            address=address,
+            address_index=address_index,
+            address=seal_address(account_id, address),
             source=source,
             evidence=stored_evidence,
             created_at=utc_now(),
@@ -301,7 +314,7 @@ async def add_opt_out(
         select(OptOut).where(
             _owner(OptOut.account_id, account_id),
             OptOut.channel == channel,
-            OptOut.address == address,
+            OptOut.address_index == address_index,
         )
     )
     if existing is None:  # pragma: no cover - the conflicting row was committed before this read
@@ -325,6 +338,7 @@ async def _delete_opt_outs(
                 OptOut.id,
                 OptOut.account_id,
                 OptOut.channel,
+                OptOut.address_index,
                 OptOut.address,
                 OptOut.source,
                 OptOut.evidence,
@@ -359,7 +373,7 @@ async def remove_opt_out(
         session,
         [
             _owner(OptOut.account_id, account_id),
-            OptOut.address == address,
+            OptOut.address_index == blind_index(address),
             OptOut.channel.in_(channels),
         ],
         source,
@@ -423,7 +437,9 @@ async def list_opt_outs(
     if filters.channel:
         query = query.where(OptOut.channel == filters.channel)
     if filters.address:
-        query = query.where(OptOut.address == _normalised_filter(filters.address))
+        query = query.where(
+            OptOut.address_index == blind_index(_normalised_filter(filters.address))
+        )
     if filters.source:
         query = query.where(OptOut.source == filters.source)
     if filters.created_after:
@@ -455,7 +471,7 @@ def opt_out_out(opt_out: OptOut) -> dict[str, Any]:
         "id": opt_out.id,
         "account_id": opt_out.account_id,
         "channel": opt_out.channel,
-        "address": opt_out.address,
+        "address": open_address(opt_out.address),
         "source": opt_out.source,
         "evidence": opt_out.evidence,
         "created_at": opt_out.created_at,
@@ -473,19 +489,33 @@ def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def personal_digest(
+    salt: str, address_index: str | None, address: str | None, evidence: Any
+) -> str:
+    """SHA-256 of an entry's personal fields (the address as stored, sealed) and its salt
+    (see `ConsentEntry`)."""
+    fields = {
+        "salt": salt,
+        "address_index": address_index,
+        "address": address,
+        "evidence": evidence,
+    }
+    return hashlib.sha256(_canonical_json(fields)).hexdigest()
+
+
 def consent_hash(entry: ConsentEntry) -> str:
-    """SHA-256 of the entry's canonical JSON: every field but `hash`, `prev_hash` included."""
+    """SHA-256 of the entry's canonical JSON: its non-personal fields, `prev_hash` and the
+    digest of its personal fields included."""
     fields = {
         "id": entry.id,
         "account_id": entry.account_id,
         "seq": entry.seq,
         "channel": entry.channel,
-        "address": entry.address,
+        "personal_digest": entry.personal_digest,
         "purpose": entry.purpose,
         "action": entry.action,
         "source": entry.source,
         "text_shown": entry.text_shown,
-        "evidence": entry.evidence,
         "occurred_at": _timestamp(entry.occurred_at),
         "recorded_at": _timestamp(entry.recorded_at),
         "recorded_by": entry.recorded_by,
@@ -639,12 +669,19 @@ async def record_consent(
             override_opt_out=override_opt_out,
         )
     head = await _lock_chain_head(session, account_id)
+    await load_keys((account_id,))
+    salt = secrets.token_hex(16)
+    address_index = blind_index(address)
+    sealed = seal_address(account_id, address)
     entry = ConsentEntry(
         id=new_id("cns"),
         account_id=account_id,
         seq=head.seq + 1,
         channel=channel,
-        address=address,
+        address_index=address_index,
+        address=sealed,
+        personal_salt=salt,
+        personal_digest=personal_digest(salt, address_index, sealed, evidence),
         purpose=purpose,
         action=action,
         source=source,
@@ -677,7 +714,7 @@ async def live_consent(
         select(ConsentEntry)
         .where(
             ConsentEntry.account_id == account_id,
-            ConsentEntry.address == address,
+            ConsentEntry.address_index == blind_index(address),
             ConsentEntry.channel == channel,
             ConsentEntry.purpose == purpose,
         )
@@ -723,7 +760,9 @@ async def list_consents(
     if filters.channel:
         query = query.where(ConsentEntry.channel == filters.channel)
     if filters.address:
-        query = query.where(ConsentEntry.address == _normalised_filter(filters.address))
+        query = query.where(
+            ConsentEntry.address_index == blind_index(_normalised_filter(filters.address))
+        )
     if filters.purpose:
         query = query.where(ConsentEntry.purpose == filters.purpose)
     if filters.action:
@@ -787,6 +826,13 @@ async def verify_chain(session: AsyncSession, account_id: str, *, chunk: int = 5
             elif consent_hash(entry) != entry.hash:
                 first_broken = entry.id
                 reason = f"{entry.id}: its content does not match its hash"
+            elif entry.personal_salt is not None and entry.personal_digest != personal_digest(
+                entry.personal_salt, entry.address_index, entry.address, entry.evidence
+            ):
+                first_broken = entry.id
+                reason = (
+                    f"{entry.id}: its address or evidence does not match the digest its hash covers"
+                )
             expected_prev, expected_seq = entry.hash, entry.seq + 1
         if len(rows) < chunk:
             break
@@ -814,12 +860,12 @@ def consent_out(entry: ConsentEntry) -> dict[str, Any]:
         "account_id": entry.account_id,
         "seq": entry.seq,
         "channel": entry.channel,
-        "address": entry.address,
+        "address": open_address(entry.address),
         "purpose": entry.purpose,
         "action": entry.action,
         "source": entry.source,
         "text_shown": entry.text_shown,
-        "evidence": dict(entry.evidence),
+        "evidence": None if entry.evidence is None else dict(entry.evidence),
         "occurred_at": entry.occurred_at,
         "recorded_at": entry.recorded_at,
         "recorded_by": entry.recorded_by,

@@ -11,12 +11,14 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, RootModel, Validati
 from sqlalchemy import select
 from starlette.responses import Response
 
-from amnex.accounts import service
+from amnex.accounts import closure, service
 from amnex.accounts.models import Account, ApiKey, Sender
 from amnex.accounts.service import OperatorContext
 from amnex.api.deps import Reason, json_body, json_response, require_operator, runtime
+from amnex.clock import utc_now
 from amnex.compliance.policy import ComplianceSettings
 from amnex.privacy.audit import record_audit
+from amnex.privacy.keys import forget_account_key
 from amnex.privacy.retention_settings import RetentionSettings, limit_errors, retention_of
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -411,3 +413,40 @@ async def update_retention(request: Request, account_id: str, op: Operator) -> R
         )
     rt.auth.forget()
     return json_response(request, updated)
+
+
+class AccountClosed(BaseModel):
+    """The proof of a closure: rows removed and anonymised per table, what was kept and why."""
+
+    account: AccountOut
+    removed: dict[str, int]
+    anonymised: dict[str, int]
+    retained: dict[str, Any]
+    data_key_destroyed: bool
+
+
+@router.post(
+    "/accounts/{account_id}/close",
+    response_model=AccountClosed,
+    description="Close the account: its data key is destroyed, its messages are kept only as "
+    "billing lines (no address, content or metadata), everything else about its recipients is "
+    "deleted, its API keys and senders go. Needs an `X-Amnex-Reason` header; cannot be undone.",
+)
+async def close_account(
+    request: Request, account_id: str, op: Operator, reason: Reason
+) -> Response:
+    rt = runtime(request)
+    async with rt.db.unit_of_work() as session:
+        proof = await closure.close_account(
+            session,
+            account_id,
+            actor=op.actor,
+            actor_id=op.operator_id,
+            reason=reason,
+            now=utc_now(),
+        )
+        account = await service.get_account_or_raise(session, account_id)
+        out = AccountClosed(account=account_out(account), **proof)
+    forget_account_key(account_id)
+    rt.auth.forget()
+    return json_response(request, out)

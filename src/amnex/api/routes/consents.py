@@ -74,12 +74,12 @@ class ConsentOut(BaseModel):
     account_id: str
     seq: int
     channel: str
-    address: str
+    address: str | None = Field(description="Null once the subject's erasure removed it.")
     purpose: str
     action: str
     source: str
     text_shown: str | None
-    evidence: dict[str, Any]
+    evidence: dict[str, Any] | None = Field(description="Null once erased.")
     occurred_at: datetime
     recorded_at: datetime
     recorded_by: str

@@ -138,7 +138,7 @@ async def send_message(request: Request) -> Response:
     _ACCEPTED[body.channel].inc()
     return json_response(
         request,
-        message_json(prepared.row),
+        message_json(prepared.row, to=prepared.to),
         status_code=201,
         headers={"Location": f"/v1/messages/{prepared.row['id']}"},
     )
@@ -155,7 +155,7 @@ async def _take_quota(
             rt.limiter,
             ctx.rules,
             channel=prepared.row["channel"],
-            to=prepared.row["to_addr"],
+            to=prepared.to,
             now=now,
         )
     except AmnexError as exc:
@@ -277,7 +277,7 @@ async def preview_message(request: Request) -> Response:
         verdict = PreviewVerdict(decision="defer", detail="send_at", send_at=row["next_attempt_at"])
     out = MessagePreview(
         channel=row["channel"],
-        to=row["to_addr"],
+        to=prepared.to,
         from_=row["from_addr"],
         category=row["category"],
         segments=row.get("segments"),

@@ -326,7 +326,9 @@ class OptOutOut(BaseModel):
     id: str
     account_id: str | None
     channel: str
-    address: str
+    address: str | None = Field(
+        description="Null once an erasure left only the suppression marker (its blind index)."
+    )
     source: str
     evidence: dict[str, Any] | None
     created_at: datetime

@@ -26,7 +26,9 @@ from amnex.privacy.records import Records, RecordsFile, build_records, load_reco
 Manager = Annotated[KeyContext, Depends(require_scope("manage"))]
 Operator = Annotated[OperatorContext, Depends(require_operator)]
 
-RequestType = Literal["access", "portability", "erasure", "restriction", "objection"]
+RequestType = Literal[
+    "access", "portability", "rectification", "erasure", "restriction", "objection"
+]
 RequestStatus = Literal["received", "in_progress", "completed", "rejected"]
 
 
@@ -36,6 +38,12 @@ class SubjectRequestCreate(BaseModel):
     type: RequestType
     address: str = Field(min_length=1, max_length=320, description="A phone number or email.")
     note: str | None = Field(None, max_length=500)
+    corrections: dict[str, str] | None = Field(
+        None,
+        max_length=3,
+        description="A rectification's corrected contact data: any of `contact_name`, "
+        "`email`, `phone`.",
+    )
 
 
 class AdminSubjectRequestCreate(SubjectRequestCreate):
@@ -141,8 +149,10 @@ def _client_routes(router: APIRouter, operator_file: RecordsFile | None) -> None
                 type_=body.type,
                 address=body.address,
                 note=body.note,
+                corrections=body.corrections,
                 actor=_key_actor(ctx),
                 records=await _records(session, request, operator_file),
+                export_ttl_days=runtime(request).settings.subject_export_ttl_days,
             )
             out = await _out(session, filed)
         return json_response(
@@ -250,8 +260,10 @@ def _admin_routes(router: APIRouter, operator_file: RecordsFile | None) -> None:
                 type_=body.type,
                 address=body.address,
                 note=body.note,
+                corrections=body.corrections,
                 actor=_operator_actor(op, reason),
                 records=await _records(session, request, operator_file),
+                export_ttl_days=runtime(request).settings.subject_export_ttl_days,
             )
             out = await _out(session, filed)
         return json_response(
