@@ -413,8 +413,9 @@ def test_purge_reports_what_is_due_and_records_its_run(cli_db: str) -> None:
         "exports": 0,
         "audit_personal": 0,
         "audit_entries": 0,
+        "webhook_log": 0,
     }
     assert done.strip() == (
         "content purged: 0; metadata purged: 0; exports purged: 0; audit personal purged: 0; "
-        "audit entries purged: 0; content keys destroyed: 0"
+        "audit entries purged: 0; webhook log purged: 0; content keys destroyed: 0"
     )

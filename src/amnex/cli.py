@@ -183,7 +183,7 @@ def purge(
         _print_json(counts)
         return
     verb = "due" if dry_run else "purged"
-    steps = ("content", "metadata", "exports", "audit_personal", "audit_entries")
+    steps = ("content", "metadata", "exports", "audit_personal", "audit_entries", "webhook_log")
     line = "; ".join(f"{step.replace('_', ' ')} {verb}: {counts.get(step, 0)}" for step in steps)
     if not dry_run:
         line += f"; content keys destroyed: {counts.get('keys_destroyed', 0)}"

@@ -174,6 +174,31 @@ class Settings(BaseSettings):
         "docs/privacy-records.example.toml. Unset: built-in defaults marked `not configured`.",
     )
 
+    # Webhooks
+    webhook_allow_loopback: bool = Field(
+        False,
+        description="Let webhook endpoints resolve to loopback addresses (`amnex dev` does).",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhook endpoints resolve to private, link-local and CGNAT "
+        "addresses (an internal receiver). Cloud metadata addresses stay refused.",
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDR networks webhook endpoints may resolve to even though they are "
+        "private (e.g. 10.20.0.0/16 for one internal receiver).",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=60, description="One webhook delivery attempt's deadline."
+    )
+    webhook_concurrency: int = Field(
+        50, ge=1, le=1000, description="Webhook deliveries in flight per worker."
+    )
+    webhook_log_retention_days: int = Field(
+        30, ge=1, description="The webhook delivery log (attempts, no bodies) is kept this long."
+    )
+
     # Secrets at rest
     master_key: SecretStr | None = Field(
         None,

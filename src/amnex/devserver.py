@@ -183,6 +183,8 @@ def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
         overrides["master_key_file"] = key_file
     return load_settings(
         dev_mode=True,
+        # A receiver on this machine (a test, `python -m http.server`) may take webhooks.
+        webhook_allow_loopback=True,
         database_url=os.environ.get(
             "AMNEX_DATABASE_URL", f"sqlite+aiosqlite:///{(data_dir / 'amnex.db').resolve()}"
         ),

@@ -10,7 +10,11 @@
     │       ├── SenderNotAllowed    sender_not_allowed 422
     │       ├── SendAtInPast        send_at_in_past   422
     │       ├── NoRoute             no_route          422
-    │       └── ConsentEvidenceMissing consent_evidence_missing 422 (`field` names what)
+    │       ├── ConsentEvidenceMissing consent_evidence_missing 422 (`field` names what)
+    │       ├── WebhookUrlInvalid   webhook_url_invalid 422   (a webhook endpoint's URL,
+    │       ├── WebhookUrlNotHttps  webhook_url_not_https 422  refused by `webhooks.ssrf`;
+    │       ├── WebhookUrlUnresolvable webhook_url_unresolvable 422  `field` is "url")
+    │       └── WebhookUrlUnsafe    webhook_url_unsafe 422 (carries the guard's `reason`)
     ├── AuthenticationFailed        unauthorized      401
     ├── PermissionDenied            forbidden         403
     │   └── TlsRequired             tls_required      403
@@ -107,6 +111,26 @@ class NoRoute(ValidationFailed):
 class ConsentEvidenceMissing(ValidationFailed):
     code = "consent_evidence_missing"
     title = "The consent lacks the evidence its source requires"
+
+
+class WebhookUrlInvalid(ValidationFailed):
+    code = "webhook_url_invalid"
+    title = "The webhook URL is not a valid http(s) URL"
+
+
+class WebhookUrlNotHttps(ValidationFailed):
+    code = "webhook_url_not_https"
+    title = "Webhook URLs must use https"
+
+
+class WebhookUrlUnresolvable(ValidationFailed):
+    code = "webhook_url_unresolvable"
+    title = "The webhook URL's host does not resolve"
+
+
+class WebhookUrlUnsafe(ValidationFailed):
+    code = "webhook_url_unsafe"
+    title = "The webhook URL points to an address webhooks may not be sent to"
 
 
 class AuthenticationFailed(AmnexError):

@@ -31,6 +31,7 @@ from amnex.privacy.retention import purge_once
 from amnex.receipts.sweeper import sweep_forever
 from amnex.receipts.writer import DeliveryWriter
 from amnex.runtime import static_channels
+from amnex.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class WorkerParts:
     bounce_receiver: BounceReceiver | None = None
     content_keys: ContentKeyring | None = None
     address_keys: AddressKeyring | None = None
+    webhooks: WebhookSender | None = None
 
     @classmethod
     async def start(cls, settings: Settings, db: Database) -> WorkerParts:
@@ -150,7 +152,9 @@ class WorkerParts:
                 parts.bounce_receiver = None
                 await parts.close()
                 raise
+        parts.webhooks = WebhookSender(db, settings, box=SecretBox.from_settings(settings))
         parts.chores = [
+            asyncio.create_task(parts.webhooks.run_forever(), name="webhooks"),
             asyncio.create_task(housekeeping(db), name="housekeeping"),
             asyncio.create_task(sweep_forever(db, settings), name="receipt-sweep"),
             asyncio.create_task(purge_forever(db, settings), name="purge"),

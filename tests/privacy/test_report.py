@@ -143,7 +143,12 @@ async def test_purges_are_summarised_over_a_day_and_a_month(
     assert report.purges.last_run_at is not None
     assert report.purges.last_run_at >= now
     assert report.purges.last_24h.runs == 1
-    audit_and_exports = {"exports": 0, "audit_personal": 0, "audit_entries": 0}
+    audit_and_exports = {
+        "exports": 0,
+        "audit_personal": 0,
+        "audit_entries": 0,
+        "webhook_log": 0,
+    }
     assert report.purges.last_24h.counts == {
         "content": 0,
         "metadata": 0,

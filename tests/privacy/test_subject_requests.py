@@ -29,6 +29,7 @@ from amnex.privacy.records import build_records
 from amnex.privacy.subjects import ERASED
 from amnex.recipients import service as recipients
 from amnex.recipients.models import ConsentEntry, OptOut, OptOutEvent
+from amnex.webhooks.models import WebhookDelivery, WebhookEvent
 from amnex.worker_process import purge_forever
 from support import AccountHandle, eventually, make_account
 
@@ -134,6 +135,35 @@ async def test_an_access_export_holds_the_subjects_records_in_the_documented_sch
         await recipients.add_opt_out(
             session, account_id=account.account_id, channel="sms", address=SUBJECT, source="api"
         )
+        # ... and a webhook told the account the message was delivered
+        session.add(
+            WebhookEvent(
+                id="evt_sent",
+                account_id=account.account_id,
+                type="message.delivered",
+                subject_id=sent,
+                seq=2,
+                data={"id": sent},
+                created_at=utc_now(),
+            )
+        )
+        await session.flush()
+        session.add(
+            WebhookDelivery(
+                id="whd_sent",
+                event_id="evt_sent",
+                account_id=account.account_id,
+                endpoint_id="whe_1",
+                subject_id=sent,
+                seq=2,
+                status="delivered",
+                attempts=1,
+                last_outcome="delivered",
+                last_status_code=200,
+                created_at=utc_now(),
+                updated_at=utc_now(),
+            )
+        )
 
     # When the account files an access request for them
     request = await file(db, settings, account.account_id, "access", "+1 (312) 555-0149")
@@ -149,11 +179,24 @@ async def test_an_access_export_holds_the_subjects_records_in_the_documented_sch
         "messages.json",
         "opt_outs.csv",
         "opt_outs.json",
+        "webhook_deliveries.csv",
+        "webhook_deliveries.json",
     ]
     manifest = json.loads(archive.read("manifest.json"))
     assert manifest["schema_version"] == dsr.EXPORT_SCHEMA_VERSION
     assert manifest["subject"] == {"kind": "phone", "address": SUBJECT}
-    assert manifest["counts"] == {"messages": 2, "opt_outs": 1, "consents": 1}
+    assert manifest["counts"] == {
+        "messages": 2,
+        "opt_outs": 1,
+        "consents": 1,
+        "webhook_deliveries": 1,
+    }
+    (delivery,) = json.loads(archive.read("webhook_deliveries.json"))
+    assert (delivery["type"], delivery["about"], delivery["status"]) == (
+        "message.delivered",
+        sent,
+        "delivered",
+    )
     assert manifest["records_of_processing"]["purposes"]
     assert "right_to_complain" in manifest["records_of_processing"]
     messages, header = table(archive, "messages")
@@ -256,6 +299,7 @@ async def test_erasure_anonymises_messages_keeps_the_opt_out_marker_and_reports_
         "message_parts": 0,
         "opt_out_events": 1,
         "inbound_parts": 0,
+        "webhook_events": 0,
     }
     assert request.result["anonymised"] == {"messages": 2, "consent_entries": 1}
     assert request.result["retained"]["opt_outs"]["rows"] == 1

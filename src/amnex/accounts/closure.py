@@ -15,8 +15,9 @@ Design note. Closing is one transaction (`close_account`), run by an operator
   events and parts are deleted. The billing lines go with the metadata retention like any
   other message, so the operator's `metadata_retention_days` is the legal period.
 - **Everything else about recipients is deleted:** opt-outs and their history, the consent
-  ledger and its chain head, inbound parts are not per account (they are reassembled within a
-  day), data-subject requests with their trails and exports.
+  ledger and its chain head, data-subject requests with their trails and exports, webhook
+  endpoints, events, deliveries and their log, notices. (Inbound parts belong to no account
+  yet; they are joined or dropped within a day.)
 - **The account itself** stays as a `closed` row (the billing lines refer to it), its
   business name kept for the invoices, its contact name, email and phone erased, its settings
   emptied; its API keys and senders are deleted, so its numbers can be given to another
@@ -43,6 +44,13 @@ from amnex.privacy.audit import AuditEntry, delete_audit_personal, record_audit
 from amnex.privacy.keys import destroy_account_key
 from amnex.privacy.requests import SubjectRequest, SubjectRequestEvent, SubjectRequestExport
 from amnex.recipients.models import ConsentChainHead, ConsentEntry, OptOut, OptOutEvent
+from amnex.webhooks.models import (
+    Notice,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 ERASED = "[erased]"
 _CHUNK = 500
@@ -136,6 +144,16 @@ async def close_account(
     removed["subject_requests"] = _rowcount(
         await session.execute(delete(SubjectRequest).where(SubjectRequest.account_id == account_id))
     )
+    for table, column in (
+        (WebhookAttempt, WebhookAttempt.account_id),
+        (WebhookDelivery, WebhookDelivery.account_id),
+        (WebhookEvent, WebhookEvent.account_id),
+        (WebhookEndpoint, WebhookEndpoint.account_id),
+        (Notice, Notice.account_id),
+    ):
+        removed[str(table.__tablename__)] = _rowcount(
+            await session.execute(delete(table).where(column == account_id))
+        )
     removed["api_keys"] = _rowcount(
         await session.execute(delete(ApiKey).where(ApiKey.account_id == account_id))
     )

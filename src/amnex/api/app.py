@@ -27,6 +27,7 @@ from amnex.api.routes import (
     privacy,
     subject_requests,
     unsubscribe,
+    webhooks,
 )
 from amnex.runtime import Runtime
 
@@ -76,6 +77,7 @@ def create_app(rt: Runtime, *, manage_lifecycle: bool = True) -> FastAPI:
         app.include_router(router)
     app.include_router(health.router)
     app.include_router(account.router)
+    app.include_router(webhooks.router)
     if rt.settings.dev_mode:
         app.include_router(dev.router)
     # The accept path, `POST /v1/messages`, is also mounted as a plain Starlette route ahead of

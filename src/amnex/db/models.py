@@ -8,10 +8,12 @@ from amnex.db.base import Base
 from amnex.messages import models as messages_models
 from amnex.privacy import audit
 from amnex.privacy import content as content_keys
+from amnex.privacy import keys as data_keys
 from amnex.privacy import requests as subject_requests
 from amnex.privacy import retention as retention_models
 from amnex.receipts import models as receipts_models
 from amnex.recipients import models as recipients_models
+from amnex.webhooks import models as webhooks_models
 
 __all__ = [
     "Base",
@@ -19,9 +21,11 @@ __all__ = [
     "audit",
     "carriers_models",
     "content_keys",
+    "data_keys",
     "messages_models",
     "receipts_models",
     "recipients_models",
     "retention_models",
     "subject_requests",
+    "webhooks_models",
 ]

@@ -457,7 +457,16 @@ async def build_export(
     consents = [
         recipients.consent_out(c) for c in await subjects.subject_consents(session, subject)
     ]
-    counts = {"messages": len(messages), "opt_outs": len(opt_outs), "consents": len(consents)}
+    webhooks = await subjects.subject_webhook_deliveries(
+        session,
+        [m["id"] for m in messages] + [o["id"] for o in opt_outs] + [c["id"] for c in consents],
+    )
+    counts = {
+        "messages": len(messages),
+        "opt_outs": len(opt_outs),
+        "consents": len(consents),
+        "webhook_deliveries": len(webhooks),
+    }
     manifest = {
         "schema_version": EXPORT_SCHEMA_VERSION,
         "request_id": request.id,
@@ -469,12 +478,14 @@ async def build_export(
             "messages": list(subjects.MESSAGE_COLUMNS),
             "opt_outs": list(OPT_OUT_COLUMNS),
             "consents": list(CONSENT_COLUMNS),
+            "webhook_deliveries": list(subjects.WEBHOOK_COLUMNS),
         },
         "counts": counts,
         "not_included": {
             "message_content": "message content is purged at its final status and never "
             "exported; the controller reads live content through the messages API",
-            "webhook_deliveries": "Amnex keeps no log of webhook deliveries",
+            "webhook_payloads": "each delivery's payload held the state of the record it is "
+            "about, which the other files give; response bodies are never kept",
         },
         "records_of_processing": records.model_dump(mode="json"),
     }
@@ -482,6 +493,7 @@ async def build_export(
     files += _table_files("messages", subjects.MESSAGE_COLUMNS, messages)
     files += _table_files("opt_outs", OPT_OUT_COLUMNS, opt_outs)
     files += _table_files("consents", CONSENT_COLUMNS, consents)
+    files += _table_files("webhook_deliveries", subjects.WEBHOOK_COLUMNS, webhooks)
     buffer = io.BytesIO()
     stamp = now.astimezone(UTC).timetuple()[:6]
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -27,7 +27,9 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
    does not hold, so it never deletes the evidence of tampering; `verify_audit_chain` reports
    it. Chains with something due are found from the head rows: a chain's oldest entry is the
    one after its anchor, one index look-up each.
-8. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
+8. **The webhook delivery log**: attempts older than `webhook_log_retention_days` (30), and
+   events as old that nothing is still owed for, with their deliveries.
+9. **SQLite**: the WAL is checkpointed and truncated, so no old page image lingers in it;
    `secure_delete` zeroes freed space in the database file.
 
 **Per account.** An account may have retention settings of its own
@@ -82,6 +84,7 @@ from amnex.privacy.retention_settings import (
     effective_retention,
     retention_of,
 )
+from amnex.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,7 @@ async def purge_once(
     exports_before = now
     personal_before = now - timedelta(days=settings.audit_personal_retention_days)
     entries_before = now - timedelta(days=settings.audit_retention_days)
+    webhooks_before = now - timedelta(days=settings.webhook_log_retention_days)
     if dry_run:
         async with db.read_session() as session:
             for condition in content_due:
@@ -217,6 +221,7 @@ async def purge_once(
             report.add("exports", await _count_exports(session, exports_before))
             report.add("audit_personal", await _count_audit_personal(session, personal_before))
             report.add("audit_entries", await _count_audit_entries(session, entries_before))
+            report.add("webhook_log", await _count_webhook_log(session, webhooks_before))
         return report
 
     for condition in content_due:
@@ -255,6 +260,12 @@ async def purge_once(
                 chunk,
             ),
         )
+    report.add(
+        "webhook_log",
+        await _in_chunks(
+            db, partial(_delete_webhook_log, before=webhooks_before, chunk=chunk), chunk
+        ),
+    )
     report.destroyed_keys = await destroy_spent_keys(
         db, now=now, period_s=settings.content_key_period_s
     )
@@ -312,6 +323,50 @@ async def _in_chunks(
         total += done
         if done < chunk:
             return total
+
+
+def _webhook_log_due(before: datetime) -> Any:
+    return WebhookAttempt.at < before
+
+
+def _webhook_events_due(before: datetime) -> Any:
+    """Events older than the log's retention that nothing is still owed for."""
+    owed = select(WebhookDelivery.id).where(
+        WebhookDelivery.event_id == WebhookEvent.id,
+        WebhookDelivery.status.in_(("pending", "delivering")),
+    )
+    return and_(WebhookEvent.created_at < before, ~owed.exists())
+
+
+async def _count_webhook_log(session: AsyncSession, before: datetime) -> int:
+    attempts = await session.scalar(
+        select(func.count()).select_from(WebhookAttempt).where(_webhook_log_due(before))
+    )
+    events = await session.scalar(
+        select(func.count()).select_from(WebhookEvent).where(_webhook_events_due(before))
+    )
+    return int(attempts or 0) + int(events or 0)
+
+
+async def _delete_webhook_log(session: AsyncSession, before: datetime, chunk: int) -> int:
+    """The delivery log past its retention: attempts, then events nothing is owed for (their
+    deliveries go with them); counts attempts and events."""
+    attempts = list(
+        await session.scalars(
+            select(WebhookAttempt.id).where(_webhook_log_due(before)).limit(chunk)
+        )
+    )
+    if attempts:
+        await session.execute(delete(WebhookAttempt).where(WebhookAttempt.id.in_(attempts)))
+    events = list(
+        await session.scalars(
+            select(WebhookEvent.id).where(_webhook_events_due(before)).limit(chunk)
+        )
+    )
+    if events:
+        await session.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(events)))
+        await session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(events)))
+    return len(attempts) + len(events)
 
 
 async def _count_exports(session: AsyncSession, before: datetime) -> int:

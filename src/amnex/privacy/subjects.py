@@ -47,6 +47,7 @@ from amnex.privacy.logsafe import mask_text
 from amnex.receipts.models import InboundPart
 from amnex.recipients import service as recipients
 from amnex.recipients.models import ConsentEntry, OptOut, OptOutEvent
+from amnex.webhooks.models import WebhookDelivery, WebhookEvent, delete_webhook_events
 
 SubjectKind = Literal["phone", "email"]
 CORRECTABLE_FIELDS = ("contact_name", "email", "phone")
@@ -188,7 +189,9 @@ async def count_in_flight(session: AsyncSession, subject: Subject) -> int:
 # Opt-outs and consents
 
 
-def _in_scope(column: InstrumentedAttribute[str], subject: Subject) -> ColumnElement[bool]:
+def _in_scope(
+    column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None], subject: Subject
+) -> ColumnElement[bool]:
     return column == subject.account_id if subject.account_id is not None else column.is_not(None)
 
 
@@ -239,9 +242,11 @@ async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, An
     anonymised: dict[str, int] = {}
     removed["message_events"] = 0
     removed["message_parts"] = 0
+    removed["webhook_events"] = 0
     anonymised["messages"] = 0
     for start in range(0, len(ids), 500):
         chunk: Sequence[str] = ids[start : start + 500]
+        removed["webhook_events"] += await delete_webhook_events(session, chunk)
         removed["message_events"] += _rowcount(
             await session.execute(delete(MessageEvent).where(MessageEvent.message_id.in_(chunk)))
         )
@@ -279,6 +284,25 @@ async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, An
             markers.values(address=None, evidence=None).execution_options(synchronize_session=False)
         )
     )
+    opt_out_ids = list(
+        await session.scalars(
+            select(OptOut.id).where(
+                OptOut.address_index == subject.index, _in_scope(OptOut.account_id, subject)
+            )
+        )
+    )
+    consent_ids = list(
+        await session.scalars(
+            select(ConsentEntry.id).where(
+                ConsentEntry.address_index == subject.index,
+                _in_scope(ConsentEntry.account_id, subject),
+            )
+        )
+    )
+    for start in range(0, len(opt_out_ids) + len(consent_ids), 500):
+        removed["webhook_events"] += await delete_webhook_events(
+            session, (opt_out_ids + consent_ids)[start : start + 500]
+        )
     removed["inbound_parts"] = 0
     if subject.kind == "phone" and subject.account_id is None:
         # Parts carry no account: only a platform-wide request may remove them.
@@ -389,3 +413,50 @@ async def rectify_subject(
             detail={"fields": sorted(corrections), "request_id": request_id},
         )
     return [account.id for account in accounts]
+
+
+# Webhooks
+
+WEBHOOK_COLUMNS = (
+    "delivery_id",
+    "event_id",
+    "account_id",
+    "type",
+    "about",
+    "endpoint_id",
+    "status",
+    "attempts",
+    "last_attempt_at",
+    "last_outcome",
+    "last_status_code",
+    "created_at",
+)
+
+
+async def subject_webhook_deliveries(
+    session: AsyncSession, about: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The webhook deliveries of events about these records (the subject's messages,
+    opt-outs and consents), oldest first: what was sent to whom, and how it went."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(about), 500):
+        rows = await session.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookEvent.id,
+                WebhookEvent.account_id,
+                WebhookEvent.type,
+                WebhookEvent.subject_id,
+                WebhookDelivery.endpoint_id,
+                WebhookDelivery.status,
+                WebhookDelivery.attempts,
+                WebhookDelivery.last_attempt_at,
+                WebhookDelivery.last_outcome,
+                WebhookDelivery.last_status_code,
+                WebhookDelivery.created_at,
+            )
+            .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+            .where(WebhookEvent.subject_id.in_(about[start : start + 500]))
+        )
+        found += [dict(zip(WEBHOOK_COLUMNS, row, strict=True)) for row in rows]
+    return sorted(found, key=lambda row: (row["created_at"], row["delivery_id"]))
