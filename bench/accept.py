@@ -167,8 +167,13 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def server_env(extra: dict[str, str]) -> dict[str, str]:
-    """The caller's environment without any AMNEX_* setting, plus ours: runs are reproducible."""
+    """The caller's environment without any AMNEX_* setting, plus ours: runs are reproducible.
+
+    Backpressure is off: the accept benchmark queues tens of thousands of messages with no
+    worker to send them, which is exactly what it refuses in production.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMNEX_")}
+    env.update({"AMNEX_MAX_QUEUE_DEPTH": "0", "AMNEX_MAX_ACCOUNT_BACKLOG": "0"})
     env.update(extra)
     return env
 
@@ -649,6 +654,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="before each run, wait up to this long for other work on the machine to stop",
     )
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line of the summary (bench/quick.py)"
+    )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(targets) - set(KNOWN_TARGETS))
@@ -767,7 +775,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {out_path.relative_to(REPO_DIR)}")
-    return 0 if all(r.ok for r in results) else 1
+    ok = all(r.ok for r in results)
+    if args.json:
+        print(json.dumps(json_summary(summary, ok)))
+    return 0 if ok else 1
+
+
+def json_summary(summary: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
+    """One line for bench/quick.py: each target's median against the no-op of the same run."""
+    ceiling = next((r for r in summary if r["target"] == "noop"), None)
+    rows = [
+        {
+            "figure": f"accept {row['target']}",
+            "value": row["median_accepted_per_s"],
+            "unit": "msg/s",
+            "baseline": "noop" if ceiling else None,
+            "baseline_value": ceiling["median_accepted_per_s"] if ceiling else None,
+            "ratio": row["ratio_to_noop"],
+            "p99_ms": row["median_p99_ms"],
+        }
+        for row in summary
+    ]
+    return {"benchmark": "accept", "ok": ok, "rows": rows}
 
 
 if __name__ == "__main__":

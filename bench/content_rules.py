@@ -20,6 +20,7 @@ printed so a run also shows the cases still pass.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import timeit
@@ -127,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--min-repeat-s", type=float, default=0.2)
     parser.add_argument("--cases", default=",".join(case.name for case in CASES))
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line of the results (bench/quick.py)"
+    )
     args = parser.parse_args(argv)
+    rows: list[dict[str, object]] = []
     wanted = set(args.cases.split(","))
     out = sys.stdout
     out.write(f"{'case':<12} {'µs/call':>12}  verdict\n")
@@ -140,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         flags = f" flags={[flag.code for flag in result.flags]}" if result.flags else ""
         out.write(f"{case.name:<12} {us:>12.1f}  {code}{flags}\n")
         out.flush()
+        # No baseline is measured here: the figure is an absolute CPU cost per call.
+        rows.append({"figure": f"content {case.name}", "value": us, "unit": "µs/call"})
+    if args.json:
+        out.write(json.dumps({"benchmark": "content_rules", "ok": True, "rows": rows}) + "\n")
     return 0
 
 

@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-concurrency", type=int, default=500, help="sends in flight per worker"
     )
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line of the summary (bench/quick.py)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -310,7 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\ntarget ≥ {TARGET_PER_S:,.0f}/s end to end: {'met' if e2e >= TARGET_PER_S else 'MISSED'}"
     )
-    return 0 if all(r.ok for r in runs) else 1
+    ok = all(r.ok for r in runs)
+    if args.json:
+        row = {
+            "figure": "e2e sms delivered",
+            "value": e2e,
+            "unit": "msg/s",
+            "baseline": "accept only",
+            "baseline_value": accept,
+            "ratio": e2e / accept if accept else None,
+            "cpu_us_per_message": cpu,
+        }
+        print(json.dumps({"benchmark": "e2e_sms", "ok": ok, "rows": [row]}))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -474,7 +474,31 @@ def orchestrate(args: argparse.Namespace) -> int:
         )
     )
     print(f"\nresults: {path}")
+    if args.json:
+        print(json.dumps({"benchmark": "smpp", "ok": not failed, "rows": json_rows(runs, loops)}))
     return 1 if failed else 0
+
+
+def json_rows(runs: list[Run], loops: list[str]) -> list[dict[str, Any]]:
+    """Each figure's median per loop against the ceiling of the same loop (bench/quick.py)."""
+    rows: list[dict[str, Any]] = []
+    for loop_name in loops:
+        mine = [r for r in runs if r.loop == loop_name]
+        ceilings = [r.per_s for r in mine if r.figure == "ceiling"]
+        ceiling = statistics.median(ceilings) if ceilings else None
+        for name in dict.fromkeys(r.figure for r in mine):
+            rate = statistics.median(r.per_s for r in mine if r.figure == name)
+            rows.append(
+                {
+                    "figure": f"smpp {name} ({loop_name})",
+                    "value": rate,
+                    "unit": "msg/s",
+                    "baseline": f"ceiling ({loop_name})" if ceiling else None,
+                    "baseline_value": ceiling,
+                    "ratio": rate / ceiling if ceiling else None,
+                }
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--figures", default=",".join(ALL_FIGURES))
     parser.add_argument("--loops", default="uvloop,asyncio")
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line of the summary (bench/quick.py)"
+    )
     # Internal: the roles this script starts in its subprocesses.
     parser.add_argument("--role", choices=("server", "client"), help=argparse.SUPPRESS)
     parser.add_argument("--server", choices=("raw", "smsc"), help=argparse.SUPPRESS)

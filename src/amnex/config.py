@@ -62,6 +62,27 @@ class Settings(BaseSettings):
     accept_writers: int = Field(0, description="0 = 1 on SQLite, 4 on PostgreSQL.")
     accept_db_retry_s: float = 2.0
 
+    # Accept path: backpressure (api.backpressure)
+    max_queue_depth: int = Field(
+        200_000,
+        ge=0,
+        description="`POST /v1/messages` answers 503 `queue_full` while this many messages "
+        "are due and not yet claimed (0: never).",
+    )
+    max_account_backlog: int = Field(
+        50_000,
+        ge=0,
+        description="`POST /v1/messages` answers 429 `account_backlog_full` to an account "
+        "with this many due messages of its own (0: never).",
+    )
+    backpressure_sample_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often each API process samples the due queue (depth, per-account "
+        "backlog, oldest due message, pending webhooks).",
+    )
+
     # Dispatch
     claim_batch_size: int = 100
     lease_s: float = 60.0
@@ -103,6 +124,17 @@ class Settings(BaseSettings):
     )
     route_cache_ttl_s: float = Field(
         2.0, gt=0, description="How often API and worker processes reload routes and connectors."
+    )
+    bind_lease_ttl_s: float = Field(
+        20.0,
+        gt=0,
+        description="How long a worker holds a connector's bind slot without renewing it; "
+        "at least twice `bind_lease_renew_s`.",
+    )
+    bind_lease_renew_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often each worker renews its bind slots and rebalances them.",
     )
 
     # Compliance: the operator's platform-wide rules

@@ -185,6 +185,9 @@ def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
         dev_mode=True,
         # A receiver on this machine (a test, `python -m http.server`) may take webhooks.
         webhook_allow_loopback=True,
+        # The demo account takes the bundled benchmarks' bursts (DESIGN.md: dev.json).
+        max_account_backlog=1_000_000,
+        max_queue_depth=2_000_000,
         database_url=os.environ.get(
             "AMNEX_DATABASE_URL", f"sqlite+aiosqlite:///{(data_dir / 'amnex.db').resolve()}"
         ),

@@ -27,9 +27,11 @@
     │                                rule code: recipient_opted_out, consent_required, ...)
     ├── RateLimited                 rate_limited      429  (carries retry_after_s)
     │   ├── DailyCapReached         daily_cap_reached 429  (the account's `daily_cap`)
-    │   └── VelocityLimited         velocity_limited  429  (`prefix_velocity_per_minute`)
+    │   ├── VelocityLimited         velocity_limited  429  (`prefix_velocity_per_minute`)
+    │   └── AccountBacklogFull      account_backlog_full 429 (`max_account_backlog`)
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
         ├── DatabaseUnavailable     database_unavailable 503
+        ├── QueueFull               queue_full         503  (`max_queue_depth`)
         ├── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
         └── KeysUnavailable         keys_unavailable   503  (address keys not loaded yet)
 
@@ -277,6 +279,11 @@ class VelocityLimited(RateLimited):
     title = "Too many messages to this destination prefix"
 
 
+class AccountBacklogFull(RateLimited):
+    code = "account_backlog_full"
+    title = "The account has too many messages waiting to be sent"
+
+
 class ServiceUnavailable(AmnexError):
     code = "service_unavailable"
     status = 503
@@ -290,6 +297,11 @@ class ServiceUnavailable(AmnexError):
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     title = "The database is briefly unavailable"
+
+
+class QueueFull(ServiceUnavailable):
+    code = "queue_full"
+    title = "Too many messages are waiting to be sent"
 
 
 class MasterKeyMissing(ServiceUnavailable):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_ACCEPTED = Counter(
@@ -18,7 +20,30 @@ DISPATCH_OUTCOMES = Counter(
     "Send attempts by outcome (sent, delivered, retry, failed)",
     ["channel", "outcome"],
 )
-QUEUE_DEPTH = Gauge("amnex_queue_depth", "Messages queued or scheduled and not yet final")
+# Sampled by each API process every `backpressure_sample_s` (api.backpressure); counts stop
+# at a ceiling (max_queue_depth + 1) so that a sample stays cheap however long the queue is.
+QUEUE_DEPTH = Gauge(
+    "amnex_queue_depth", "Due messages (queued or scheduled, their time come), at the last sample"
+)
+QUEUE_OLDEST_DUE_AGE = Gauge(
+    "amnex_queue_oldest_due_age_seconds",
+    "How long the oldest due message has been waiting to be claimed, at the last sample",
+)
+WEBHOOK_BACKLOG = Gauge(
+    "amnex_webhook_backlog", "Webhook deliveries pending (not yet delivered), at the last sample"
+)
+BACKPRESSURE_ACCOUNTS = Gauge(
+    "amnex_backpressure_accounts",
+    "Accounts refused with account_backlog_full (over max_account_backlog), at the last sample",
+)
+BACKPRESSURE_REFUSALS = Counter(
+    "amnex_backpressure_refusals_total",
+    "Send requests refused by backpressure (queue_full, account_backlog_full)",
+    ["code"],
+)
+QUEUE_SAMPLE_ERRORS = Counter(
+    "amnex_queue_sample_errors_total", "Queue samples that failed (the database did not answer)"
+)
 API_REQUEST_DURATION = Histogram(
     "amnex_api_request_duration_seconds",
     "HTTP request duration by route and status class",
@@ -45,3 +70,21 @@ EMAIL_BOUNCES = Counter(
     "Reports received by the bounce receiver, by kind (hard, soft, complaint, unmatched)",
     ["kind"],
 )
+RECEIPT_LAG = Histogram(
+    "amnex_receipt_lag_seconds",
+    "Time from a part's submit to its final delivery receipt",
+    # From a fast SMSC's fraction of a second to a phone that was off for a day.
+    buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+)
+PURGED = Counter(
+    "amnex_purged_total",
+    "Rows changed by the purge, by step (content, metadata, exports, audit_personal, "
+    "audit_entries, webhook_log, keys_destroyed)",
+    ["step"],
+)
+
+
+def count_purged(counts: Mapping[str, int]) -> None:
+    """Add one purge run's counts (`privacy.retention.PurgeReport.counts`)."""
+    for step, n in counts.items():
+        PURGED.labels(step=step).inc(n)

@@ -1,4 +1,5 @@
-"""Wiring: the long-lived parts one process shares (database, auth cache, limiter, writer).
+"""Wiring: the long-lived parts one process shares (database, auth cache, limiter, writer,
+backpressure sampler).
 
 Built once in an entry point from Settings and handed to `create_app` and the worker; nothing
 here is created at import time.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amnex.api.auth import Authenticator
+from amnex.api.backpressure import Backpressure
 from amnex.api.ratelimit import RateLimiter
 from amnex.carriers.routing import RouteCache
 from amnex.compliance.geo import GeoPolicy
@@ -55,6 +57,8 @@ class Runtime:
     routes: RouteCache
     secret_box: SecretBox
     geo: GeoPolicy
+    # Samples the due queue in the background; `POST /v1/messages` reads its verdict.
+    backpressure: Backpressure
     # Message content is encrypted under these keys, addresses under the account's data keys
     # (None without a master key).
     content_keys: ContentKeyring | None = None
@@ -92,6 +96,7 @@ class Runtime:
                 blocked_prefixes=settings.blocked_prefixes,
                 exempt_prefixes=settings.exempt_prefixes,
             ),
+            backpressure=Backpressure.from_settings(db, settings),
         )
 
     async def start(self) -> None:
@@ -102,8 +107,10 @@ class Runtime:
             )
         await self.writer.start()
         await self.routes.start()
+        await self.backpressure.start()
 
     async def close(self, *, dispose_db: bool = True) -> None:
+        await self.backpressure.close()
         if self.content_keys is not None:
             await self.content_keys.close()
             self.content_keys = None

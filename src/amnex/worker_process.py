@@ -11,9 +11,11 @@ from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 
+from amnex.carriers.leases import BindLeaseKeeper, lease_owner_id
 from amnex.carriers.routing import RouteCache
 from amnex.channels.base import Channel
 from amnex.channels.registry import build_channels
+from amnex.channels.sms import SmsChannel
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
@@ -127,6 +129,8 @@ class WorkerParts:
     content_keys: ContentKeyring | None = None
     address_keys: AddressKeyring | None = None
     webhooks: WebhookSender | None = None
+    # This worker's share of the connectors' bind slots (`carriers.leases`).
+    bind_leases: BindLeaseKeeper | None = None
 
     @classmethod
     async def start(cls, settings: Settings, db: Database) -> WorkerParts:
@@ -138,11 +142,26 @@ class WorkerParts:
         await routes.start()
         deliveries = DeliveryWriter(db)
         deliveries.start()
+        bind_leases = BindLeaseKeeper(
+            db,
+            owner=lease_owner_id(),
+            ttl_s=settings.bind_lease_ttl_s,
+            renew_s=settings.bind_lease_renew_s,
+        )
+        await bind_leases.start()
         channels = build_channels(settings, db, routes=routes, deliveries=deliveries)
+        sms = channels.get("sms")
+        if isinstance(sms, SmsChannel):
+            sms.follow_leases(bind_leases)
         for channel in channels.values():
             await channel.start()
         parts = cls(
-            routes, deliveries, channels, content_keys=content_keys, address_keys=address_keys
+            routes,
+            deliveries,
+            channels,
+            content_keys=content_keys,
+            address_keys=address_keys,
+            bind_leases=bind_leases,
         )
         if settings.bounce_listen_port is not None:
             try:
@@ -174,6 +193,9 @@ class WorkerParts:
         for channel in self.channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()
+        if self.bind_leases is not None:
+            # After unbinding: a worker that takes a slot never binds next to our open bind.
+            await self.bind_leases.close()
         await self.deliveries.close()
         await self.routes.close()
         if self.content_keys is not None:

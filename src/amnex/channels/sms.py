@@ -7,6 +7,11 @@ message's connectors, in failover order, and submits through the first one that 
 a connector that is down (nothing was sent) passes the message to the next. Receipts and
 inbound messages from every connector go to the worker's `DeliveryWriter`.
 
+With bind leases (`carriers.leases`, what `amnex worker` runs) each connector binds only the
+slots this worker holds, and follows the keeper as slots come and go. A message whose route's
+connectors all have no slot here is given back at once (`connection_unavailable`, retried
+with the usual backoff) without waiting for a bind: a worker holding one will take it.
+
 A connector whose password cannot be opened (no or the wrong master key) is not started,
 and the log says why; its messages wait (`connection_unavailable`) rather than fail.
 """
@@ -21,6 +26,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from amnex.carriers.leases import BindLeaseKeeper
 from amnex.carriers.models import Connector
 from amnex.carriers.routing import RouteCache
 from amnex.carriers.service import connector_runtime_config
@@ -78,6 +84,12 @@ class SmsChannel:
         self._configs: dict[str, SmppConnectorConfig] = {}
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
+        self._leases: BindLeaseKeeper | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+
+    def follow_leases(self, leases: BindLeaseKeeper) -> None:
+        """Bind only the slots `leases` holds (call before `start`)."""
+        self._leases = leases
 
     def _default_factory(
         self, config: SmppConnectorConfig, handler: DeliverHandler
@@ -91,6 +103,17 @@ class SmsChannel:
     async def start(self) -> None:
         await self.sync()
         self._task = asyncio.create_task(self._sync_forever(), name="sms-connectors")
+        if self._leases is not None:
+            self._follow_task = asyncio.create_task(
+                self._follow_leases(self._leases), name="sms-bind-leases"
+            )
+
+    async def _follow_leases(self, leases: BindLeaseKeeper) -> None:
+        while True:
+            seen = leases.version
+            for connector_id, connector in list(self._connectors.items()):
+                connector.set_slots(leases.held(connector_id))
+            await leases.wait_changed(seen)
 
     async def _sync_forever(self) -> None:
         while True:
@@ -118,7 +141,10 @@ class SmsChannel:
                 if connector_id not in self._connectors:
                     handler = self._on_deliver(connector_id, config.receipt_id_format)
                     connector = self._factory(config, handler)
-                    await connector.start()
+                    if self._leases is None:
+                        await connector.start()
+                    else:
+                        await connector.start(self._leases.held(connector_id))
                     self._connectors[connector_id] = connector
                     self._configs[connector_id] = config
                     log.info("connector %s (%s) started", connector_id, config.name)
@@ -135,6 +161,13 @@ class SmsChannel:
         if not candidates:
             raise PermanentDeliveryError("no_route", "no route for SMS to this destination")
         running = [self._connectors[c] for c in candidates if c in self._connectors]
+        if self._leases is not None:
+            running = [c for c in running if c.slots]
+            if not running:
+                raise TemporaryDeliveryError(
+                    "connection_unavailable",
+                    "this worker holds no bind of this message's connectors; another may",
+                )
         if running and not any(c.is_up for c in running):
             await _first_up(running, BIND_WAIT_S)
         unavailable: TemporaryDeliveryError | None = None
@@ -170,11 +203,12 @@ class SmsChannel:
         )
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._follow_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._follow_task = None
         await asyncio.gather(*(self._stop(cid) for cid in list(self._connectors)))
 
 

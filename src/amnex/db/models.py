@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from amnex.accounts import models as accounts_models
+from amnex.carriers import leases as bind_leases
 from amnex.carriers import models as carriers_models
 from amnex.db.base import Base
 from amnex.messages import models as messages_models
@@ -19,6 +20,7 @@ __all__ = [
     "Base",
     "accounts_models",
     "audit",
+    "bind_leases",
     "carriers_models",
     "content_keys",
     "data_keys",

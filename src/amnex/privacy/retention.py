@@ -69,6 +69,7 @@ from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.status import FINAL_STATUSES, Status
+from amnex.metrics import count_purged
 from amnex.privacy.audit import (
     AuditChainHead,
     AuditEntry,
@@ -282,6 +283,7 @@ async def purge_once(
                 counts=dict(report.counts),
             )
         )
+    count_purged(report.counts)
     if any(report.counts.values()):
         log.info("purge: %s", report.counts)
     return report

@@ -35,7 +35,13 @@ from amnex.db.ids import new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import address_columns, event_row, transition
 from amnex.messages.status import Status, check_transition
-from amnex.metrics import INBOUND_MESSAGES, MESSAGES_DELIVERED, RECEIPT_TIMEOUTS, RECEIPTS
+from amnex.metrics import (
+    INBOUND_MESSAGES,
+    MESSAGES_DELIVERED,
+    RECEIPT_LAG,
+    RECEIPT_TIMEOUTS,
+    RECEIPTS,
+)
 from amnex.privacy.keys import blind_index, open_address, prepare_keys, seal_address
 from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
 from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
@@ -187,6 +193,8 @@ async def _apply_matched(
         if receipt.status is None:
             intermediate += 1
             continue
+        # Until its final receipt a part's updated_at is its submit time.
+        RECEIPT_LAG.observe(max(0.0, (now - part.updated_at).total_seconds()))
         part.status = receipt.status
         part.error_code = receipt.error_code
         part.provider_error_code = receipt.raw_error[:40] if receipt.raw_error else None

@@ -88,9 +88,16 @@ ReadKey = Annotated[KeyContext, Depends(require_scope("read"))]
 )
 async def send_message(request: Request) -> Response:
     ctx = await authorize(request, "send")
+    rt = runtime(request)
+    # Backpressure before the body is even read: a refusal under overload costs no memory.
+    # The verdict comes from the background sample (api.backpressure), not from a query.
+    try:
+        rt.backpressure.check(ctx.account_id)
+    except AmnexError as exc:
+        MESSAGES_REJECTED.labels(code=exc.code).inc()
+        raise
     body = await json_body(request, SendMessageRequest)
     idempotency_key = request.headers.get("idempotency-key")
-    rt = runtime(request)
     now = utc_now()
     key_hash = request_hash = None
     if idempotency_key is not None:

@@ -7,7 +7,13 @@ at most reconnect_max_s; jitter from the injected rng so slots and processes do 
 reconnect in step). The exponent resets after a bind that stayed up reconnect_max_s or
 carried a successful submit, so a flapping SMSC is not hammered. Refused binds and
 connection errors are logged (never the password) and retried; nothing stops a supervisor
-but `close()`.
+but `close()` or `set_slots()` taking its slot away.
+
+Slots. Without bind leases a connector holds every slot 0..binds-1. With them
+(`carriers.leases`) the SMS channel calls `set_slots()` with the slots this worker holds: a
+new slot starts a supervisor, a lost one is taken out of submitting at once and unbinds
+(bounded by response_timeout_s) in the background; a slot held again waits for its previous
+supervisor to finish, so one slot never has two binds open in one process.
 
 Submitting. A submit waits out a connector-wide throttle pause, takes a token from the
 throughput limiter, then goes to the bound session with the fewest outstanding submits
@@ -22,8 +28,10 @@ Throughput. `ThroughputLimiter` paces each process with a token bucket (burst: o
 and, with Redis, also draws chunks of tokens from one fixed-window budget per connector
 shared by every worker process (`limits`), so a high rate costs one Redis round trip per
 chunk, not per message. Redis holds counters, not records: when it is unreachable the
-limiter falls back to the local bucket alone (per process, so N processes may send N times
-the rate until Redis is back) rather than failing a send.
+limiter falls back to the local bucket alone rather than failing a send. Without a shared
+budget (no Redis, or Redis down) a connector with bind leases paces at its share of the rate,
+rate * held slots / binds, so the workers' total stays within the rate; without leases each
+process paces at the whole rate.
 
 Logs carry the connector id; never message text, the password or a full address
 (`mask_address` where one must appear).
@@ -38,6 +46,7 @@ import logging
 import math
 import random
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -190,6 +199,8 @@ class ThroughputLimiter:
     ) -> None:
         self.key = key
         self.rate_per_s = rate_per_s
+        # This process's part of the rate when no shared budget paces it (`set_share`).
+        self.share = 1.0
         # Tokens are drawn from Redis this many at a time, and the local bucket may burst
         # this much: at 1000/s that is one Redis round trip per 50 messages.
         self.chunk = max(1, int(rate_per_s / 20)) if rate_per_s > 0 else 1
@@ -222,6 +233,10 @@ class ThroughputLimiter:
                 RateLimitItemPerSecond(amount, window_s),
             )
 
+    def set_share(self, share: float) -> None:
+        """Pace at `share` (0 < share <= 1) of the rate while no shared budget is in use."""
+        self.share = min(1.0, max(share, 1e-9))
+
     @property
     def shared(self) -> bool:
         """True while a Redis budget is in use (configured and not currently failing)."""
@@ -244,14 +259,15 @@ class ThroughputLimiter:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
+            rate_per_s = self.rate_per_s if self.shared else self.rate_per_s * self.share
             if self._refilled_at is not None:
                 elapsed = now - self._refilled_at
-                self._tokens = min(float(self.chunk), self._tokens + elapsed * self.rate_per_s)
+                self._tokens = min(float(self.chunk), self._tokens + elapsed * rate_per_s)
             self._refilled_at = now
             if self._tokens >= 1:
                 self._tokens -= 1
                 return
-            await asyncio.sleep((1 - self._tokens) / self.rate_per_s)
+            await asyncio.sleep((1 - self._tokens) / rate_per_s)
 
     async def _take_shared(
         self, limiter: FixedWindowRateLimiter, item: RateLimitItemPerSecond
@@ -311,7 +327,11 @@ class SmppConnector:
         self._limiter = ThroughputLimiter(config.id, config.throughput_per_s, redis_url=redis_url)
         self._sessions: dict[int, SmppSession] = {}  # slot -> bound (or unbinding) session
         self._proven: set[SmppSession] = set()  # sessions that carried a successful submit
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # slot -> its supervisor
+        self._slot_stops: dict[int, asyncio.Event] = {}  # set when the slot is taken away
+        self._retiring: dict[int, asyncio.Task[None]] = {}  # slot -> supervisor unbinding
+        self._started = False
+        self._leased = False
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._closed = False
@@ -325,15 +345,52 @@ class SmppConnector:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start one supervisor per bind slot and return at once (binds happen in background)."""
-        if self._tasks or self._closed:
+    async def start(self, slots: Iterable[int] | None = None) -> None:
+        """Start one supervisor per bind slot and return at once (binds happen in background).
+
+        `slots` are the slots this process holds (bind leases); None means all of them.
+        """
+        if self._started or self._closed:
             raise RuntimeError("an SmppConnector is started once")
+        self._started = True
+        self._leased = slots is not None
         BOUND_SESSIONS.labels(**self._labels).set(0)
-        for slot in range(self.config.binds):
+        self.set_slots(range(self.config.binds) if slots is None else slots)
+
+    @property
+    def slots(self) -> frozenset[int]:
+        """The slots this connector binds (or tries to)."""
+        return frozenset(self._tasks)
+
+    def set_slots(self, slots: Iterable[int]) -> None:
+        """Bind exactly these slots: supervise new ones, stop using and unbind the others."""
+        if self._closed or not self._started:
+            return
+        wanted = frozenset(s for s in slots if 0 <= s < self.config.binds)
+        for slot in sorted(self._tasks.keys() - wanted):
+            self._retire(slot)
+        for slot in sorted(wanted - self._tasks.keys()):
+            self._slot_stops[slot] = asyncio.Event()
             self._tasks[slot] = asyncio.create_task(
-                self._supervise(slot), name=f"smpp-{self.config.id}-{slot}"
+                self._supervise(slot, self._retiring.get(slot)),
+                name=f"smpp-{self.config.id}-{slot}",
             )
+        if self._leased:
+            self._limiter.set_share(max(1, len(wanted)) / self.config.binds)
+
+    def _retire(self, slot: int) -> None:
+        task = self._tasks.pop(slot)
+        self._slot_stops.pop(slot).set()
+        if slot not in self._sessions:
+            task.cancel()  # not bound: nothing to say goodbye to
+        self._retiring[slot] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._retiring.get(slot) is done:
+                del self._retiring[slot]
+
+        task.add_done_callback(forget)
+        self._bound_changed()  # its session no longer takes submits
 
     async def close(self) -> None:
         """Unbind every session (bounded by response_timeout_s) and stop reconnecting."""
@@ -342,16 +399,17 @@ class SmppConnector:
         self._closed = True
         self._closing.set()
         self._notify()
-        tasks = dict(self._tasks)
+        tasks = [*self._tasks.items(), *self._retiring.items()]
         # Slots without a bound session have nothing to say goodbye to: stop them now.
-        for slot, task in tasks.items():
+        for slot, task in tasks:
             if slot not in self._sessions:
                 task.cancel()
         if tasks:
-            _, pending = await asyncio.wait(tasks.values(), timeout=self.config.response_timeout_s)
+            waiting = [task for _, task in tasks]
+            _, pending = await asyncio.wait(waiting, timeout=self.config.response_timeout_s)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*waiting, return_exceptions=True)
         BOUND_SESSIONS.labels(**self._labels).set(0)
         await self._limiter.close()
 
@@ -362,7 +420,15 @@ class SmppConnector:
 
     @property
     def bound_sessions(self) -> int:
-        return sum(1 for session in self._sessions.values() if session.is_bound)
+        """Bound sessions that take submits (not those of slots being given back)."""
+        return len(self._usable())
+
+    def _usable(self) -> list[SmppSession]:
+        return [
+            session
+            for slot, session in self._sessions.items()
+            if session.is_bound and slot not in self._retiring
+        ]
 
     async def wait_up(self, timeout_s: float) -> bool:
         """Wait until `is_up`, at most `timeout_s`; return whether it is."""
@@ -533,7 +599,7 @@ class SmppConnector:
     def _pick(self, exclude: set[SmppSession]) -> SmppSession | None:
         if self.config.bind_type == "receiver":
             return None
-        candidates = [s for s in self._sessions.values() if s.is_bound and s not in exclude]
+        candidates = [s for s in self._usable() if s not in exclude]
         if not candidates:
             return None
         # The least busy session; ties go round robin so idle binds share the load.
@@ -598,17 +664,20 @@ class SmppConnector:
             tls=self._tls,
         )
 
-    async def _supervise(self, slot: int) -> None:
+    async def _supervise(self, slot: int, previous: asyncio.Task[None] | None = None) -> None:
         config = self.config
+        stop = self._slot_stops[slot]
+        if previous is not None:
+            await asyncio.wait({previous})  # its unbind first (wait() never cancels it)
         attempt = 0
-        while not self._closing.is_set():
+        while not self._closing.is_set() and not stop.is_set():
             try:
-                if await self._hold_one_bind(slot):
+                if await self._hold_one_bind(slot, stop):
                     attempt = 0
             except Exception:
                 # A bug must not end the slot for good; it is logged and the slot reconnects.
                 log.exception("smpp connector %s: bind slot %d failed", config.id, slot)
-            if self._closing.is_set():
+            if self._closing.is_set() or stop.is_set():
                 return
             delay_s = reconnect_delay_s(
                 attempt, config.reconnect_min_s, config.reconnect_max_s, self._rng
@@ -616,7 +685,7 @@ class SmppConnector:
             attempt += 1
             await asyncio.sleep(delay_s)
 
-    async def _hold_one_bind(self, slot: int) -> bool:
+    async def _hold_one_bind(self, slot: int, stop: asyncio.Event) -> bool:
         """Connect, bind and stay until the connection ends; True if it was a good bind."""
         config = self.config
         session = self._new_session()
@@ -652,15 +721,17 @@ class SmppConnector:
             self._bound_changed()
             log.info("smpp connector %s: bind %d up (%s)", config.id, slot, config.bind_type)
             try:
-                await self._until_closed_or_closing(session)
+                await self._until_closed_or_closing(session, stop)
                 if not session.closed.is_set():
-                    await session.unbind()  # close() was called: say goodbye
+                    await session.unbind()  # close() was called or the slot lost: goodbye
             finally:
                 self._sessions.pop(slot, None)
                 DISCONNECTS.labels(**self._labels).inc()
                 self._bound_changed()
             up_s = loop.time() - bound_at
-            if not self._closing.is_set():
+            if stop.is_set():
+                log.info("smpp connector %s: bind %d closed (slot given up)", config.id, slot)
+            elif not self._closing.is_set():
                 log.warning("smpp connector %s: bind %d lost after %.1fs", config.id, slot, up_s)
             proven = session in self._proven
             return proven or up_s >= config.reconnect_max_s
@@ -669,14 +740,17 @@ class SmppConnector:
             if not session.closed.is_set():
                 await session.close()
 
-    async def _until_closed_or_closing(self, session: SmppSession) -> None:
-        closed = asyncio.ensure_future(session.closed.wait())
-        closing = asyncio.ensure_future(self._closing.wait())
+    async def _until_closed_or_closing(self, session: SmppSession, stop: asyncio.Event) -> None:
+        waiters = {
+            asyncio.ensure_future(session.closed.wait()),
+            asyncio.ensure_future(self._closing.wait()),
+            asyncio.ensure_future(stop.wait()),
+        }
         try:
-            await asyncio.wait({closed, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            closed.cancel()
-            closing.cancel()
+            for waiter in waiters:
+                waiter.cancel()
 
     def _bound_changed(self) -> None:
         BOUND_SESSIONS.labels(**self._labels).set(self.bound_sessions)
