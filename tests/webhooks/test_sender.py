@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -380,6 +380,48 @@ async def test_a_delivery_a_killed_worker_held_is_sent_again_with_the_same_webho
     assert (await _one_delivery(db)).status == "delivered"
 
 
+async def owe(
+    db: Database,
+    account: AccountHandle,
+    endpoint_id: str,
+    message_id: str,
+    seq: int,
+    type_: str,
+    due: datetime,
+    attempts: int = 0,
+) -> None:
+    """An event of `message_id` owed to the endpoint, due at `due`, tried `attempts` times."""
+    now = utc_now()
+    async with db.unit_of_work() as session:
+        event = WebhookEvent(
+            id=new_id("evt"),
+            account_id=account.account_id,
+            type=type_,
+            subject_id=message_id,
+            seq=seq,
+            data={"id": message_id},
+            created_at=now,
+        )
+        session.add(event)
+        await session.flush()
+        session.add(
+            WebhookDelivery(
+                id=new_id("whd"),
+                event_id=event.id,
+                account_id=account.account_id,
+                endpoint_id=endpoint_id,
+                subject_id=message_id,
+                seq=seq,
+                status="pending",
+                attempts=attempts,
+                next_attempt_at=due,
+                first_attempt_at=now if attempts else None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
 async def test_an_older_event_that_failed_is_superseded_by_a_newer_one(
     hook_settings: Settings,
     db: Database,
@@ -389,36 +431,9 @@ async def test_an_older_event_that_failed_is_superseded_by_a_newer_one(
 ) -> None:
     endpoint_id, _ = await add_endpoint(db, hook_settings, account, receiver.url("/ok"))
     now = utc_now()
-    async with db.unit_of_work() as session:
-        for seq, status, attempts in ((2, "pending", 3), (4, "pending", 0)):
-            event = WebhookEvent(
-                id=new_id("evt"),
-                account_id=account.account_id,
-                type="message.sent" if seq == 2 else "message.delivered",
-                subject_id="msg_1",
-                seq=seq,
-                data={"id": "msg_1", "status": "delivered"},
-                created_at=now,
-            )
-            session.add(event)
-            await session.flush()
-            session.add(
-                WebhookDelivery(
-                    id=new_id("whd"),
-                    event_id=event.id,
-                    account_id=account.account_id,
-                    endpoint_id=endpoint_id,
-                    subject_id="msg_1",
-                    seq=seq,
-                    status=status,
-                    attempts=attempts,
-                    # the failing older one is due later than the newer one
-                    next_attempt_at=now + timedelta(hours=1) if seq == 2 else now,
-                    first_attempt_at=now if attempts else None,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+    # The older one failed three times and is due later than the newer one
+    await owe(db, account, endpoint_id, "msg_1", 2, "message.sent", now + timedelta(hours=1), 3)
+    await owe(db, account, endpoint_id, "msg_1", 4, "message.delivered", now)
     sender = new_sender()
     await sender.run_once()
     await sender.drain()
@@ -437,35 +452,10 @@ async def test_a_newer_event_waits_while_an_older_one_has_not_been_tried(
 ) -> None:
     endpoint_id, _ = await add_endpoint(db, hook_settings, account, receiver.url("/ok"))
     now = utc_now()
-    async with db.unit_of_work() as session:
-        for seq in (1, 2):
-            event = WebhookEvent(
-                id=new_id("evt"),
-                account_id=account.account_id,
-                type="message.queued" if seq == 1 else "message.sent",
-                subject_id="msg_2",
-                seq=seq,
-                data={"id": "msg_2"},
-                created_at=now,
-            )
-            session.add(event)
-            await session.flush()
-            session.add(
-                WebhookDelivery(
-                    id=new_id("whd"),
-                    event_id=event.id,
-                    account_id=account.account_id,
-                    endpoint_id=endpoint_id,
-                    subject_id="msg_2",
-                    seq=seq,
-                    status="pending",
-                    attempts=0,
-                    # the newer one is due first, yet goes second
-                    next_attempt_at=now if seq == 2 else now + timedelta(milliseconds=1),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+    # The newer one is due first, yet goes second
+    later = now + timedelta(milliseconds=1)
+    await owe(db, account, endpoint_id, "msg_2", 1, "message.queued", later)
+    await owe(db, account, endpoint_id, "msg_2", 2, "message.sent", now)
     sender = new_sender()
     for _ in range(4):
         await sender.run_once()

@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.models import Account, ApiKey, Sender
@@ -43,6 +43,7 @@ from amnex.messages.status import CANCELABLE_STATUSES, Status
 from amnex.privacy.audit import AuditEntry, delete_audit_personal, record_audit
 from amnex.privacy.keys import destroy_account_key
 from amnex.privacy.requests import SubjectRequest, SubjectRequestEvent, SubjectRequestExport
+from amnex.privacy.subjects import ERASED, reduce_to_billing_lines
 from amnex.recipients.models import ConsentChainHead, ConsentEntry, OptOut, OptOutEvent
 from amnex.webhooks.models import (
     Notice,
@@ -52,7 +53,6 @@ from amnex.webhooks.models import (
     WebhookEvent,
 )
 
-ERASED = "[erased]"
 _CHUNK = 500
 
 
@@ -101,28 +101,9 @@ async def close_account(
     removed["message_parts"] = _rowcount(
         await session.execute(delete(MessagePart).where(MessagePart.message_id.in_(in_account)))
     )
-    emptied: dict[str, Any] = {
-        "subject": None,
-        "body": None,
-        "html": None,
-        "meta": None,
-        "error_message": None,
-        "provider_detail": None,
-        "status_callback": None,
-        "encoding_report": None,
-        "peer_index": None,
-        "content_purged_at": now,
-    }
-    anonymised["messages"] = 0
-    for direction, person in (("outbound", "to_addr"), ("inbound", "from_addr")):
-        anonymised["messages"] += _rowcount(
-            await session.execute(
-                update(Message)
-                .where(Message.account_id == account_id, Message.direction == direction)
-                .values({**emptied, person: ERASED})
-                .execution_options(synchronize_session=False)
-            )
-        )
+    anonymised["messages"] = await reduce_to_billing_lines(
+        session, Message.account_id == account_id, now=now
+    )
 
     removed["opt_out_events"] = _rowcount(
         await session.execute(delete(OptOutEvent).where(OptOutEvent.account_id == account_id))

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from amnex.accounts.models import Account
+from amnex.clock import utc_now
 from amnex.compliance.addresses import normalise_email_address, normalise_phone_number
 from amnex.errors import ValidationFailed
 from amnex.messages.models import Message, MessageEvent, MessagePart
@@ -234,6 +235,38 @@ def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def reduce_to_billing_lines(
+    session: AsyncSession, where: ColumnElement[bool], *, now: datetime
+) -> int:
+    """Keep the messages `where` selects only as billing lines (erasure, account closure):
+    id, account, channel, direction, category, status, segments, price and timestamps. The
+    person's address becomes `ERASED` and its blind index goes; content, client metadata,
+    error text, provider detail, callback and encoding report are emptied. Returns how many."""
+    emptied: dict[str, Any] = {
+        "subject": None,
+        "body": None,
+        "html": None,
+        "meta": None,
+        "error_message": None,
+        "provider_detail": None,
+        "status_callback": None,
+        "encoding_report": None,
+        "peer_index": None,
+        "content_purged_at": now,
+    }
+    count = 0
+    for direction, person in (("outbound", "to_addr"), ("inbound", "from_addr")):
+        count += _rowcount(
+            await session.execute(
+                update(Message)
+                .where(where, Message.direction == direction)
+                .values({**emptied, person: ERASED})
+                .execution_options(synchronize_session=False)
+            )
+        )
+    return count
+
+
 async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, Any]:
     """Erase the subject's records (call once none of their messages is in flight); returns
     the proof: rows removed and rows anonymised per table, and what was kept and why."""
@@ -253,25 +286,9 @@ async def erase_subject(session: AsyncSession, subject: Subject) -> dict[str, An
         removed["message_parts"] += _rowcount(
             await session.execute(delete(MessagePart).where(MessagePart.message_id.in_(chunk)))
         )
-        emptied: dict[str, Any] = {
-            "subject": None,
-            "body": None,
-            "html": None,
-            "meta": None,
-            "error_message": None,
-            "provider_detail": None,
-            "status_callback": None,
-            "encoding_report": None,
-        }
-        for direction, column in (("outbound", "to_addr"), ("inbound", "from_addr")):
-            anonymised["messages"] += _rowcount(
-                await session.execute(
-                    update(Message)
-                    .where(Message.id.in_(chunk), Message.direction == direction)
-                    .values({**emptied, column: ERASED, "peer_index": None})
-                    .execution_options(synchronize_session=False)
-                )
-            )
+        anonymised["messages"] += await reduce_to_billing_lines(
+            session, Message.id.in_(chunk), now=utc_now()
+        )
     history = delete(OptOutEvent).where(OptOutEvent.address_index == subject.index)
     if subject.account_id is not None:
         history = history.where(OptOutEvent.account_id == subject.account_id)
