@@ -14,6 +14,7 @@ the same walk fills only the (unkeyed) indexes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -73,14 +74,13 @@ async def seal_existing(db: Database) -> dict[str, int]:
     }
     if installed() is not None:
         done["personal_fields"] = await _reseal_platform(db)
-    try:
+    # Another process may write the marker at the same moment: theirs stands.
+    with contextlib.suppress(IntegrityError):
         async with db.unit_of_work() as session:
             if await session.get(DataKey, MARKER_ID) is None:
                 session.add(
                     DataKey(id=MARKER_ID, purpose="marker", wrapped=None, created_at=utc_now())
                 )
-    except IntegrityError:
-        pass  # another process finished at the same moment
     if any(done.values()):
         log.info("sealed rows stored before addresses were sealed: %s", done)
         await _scrub(db, [table for table, n in done.items() if n and table in _TABLES])
