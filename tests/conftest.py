@@ -8,6 +8,8 @@ skipping tests.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+import structlog
 from pydantic import SecretStr
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
@@ -23,12 +26,13 @@ from sqlalchemy.engine import make_url
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
+from amnex.logging_setup import THIRD_PARTY_LOGGERS, configure_logging
 from amnex.privacy.audit import AuditChainHead, AuditEntry, AuditPersonal
 from amnex.privacy.crypto import SecretBox, generate_key
 from amnex.privacy.keys import start_address_keys
 from amnex.simulators.smsc import SmscSimulator
 from amnex.simulators.smtp_sink import SmtpSink
-from support import AccountHandle, StartSink, StartSmsc, make_account, truncate_all
+from support import AccountHandle, Capture, StartSink, StartSmsc, make_account, truncate_all
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -235,3 +239,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def capture() -> Iterator[Capture]:
+    """`capture(json)` configures logging into a fresh stream; the old setup comes back after."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    saved_third_party = {
+        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+        for name in THIRD_PARTY_LOGGERS
+    }
+
+    def configure(as_json: bool) -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging("DEBUG", as_json, stream=stream)
+        return stream
+
+    try:
+        yield configure
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        for name, (handlers, propagate) in saved_third_party.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()

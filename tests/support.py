@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ipaddress
 import itertools
 import random
@@ -43,6 +44,8 @@ T = TypeVar("T")
 # Starts an SMTP sink with the given options (the `start_sink` fixture).
 StartSink = Callable[..., Awaitable[SmtpSink]]
 StartSmsc = Callable[..., Awaitable[SmscSimulator]]
+# `capture(json)` routes logging into a fresh stream (the `capture` fixture).
+Capture = Callable[[bool], io.StringIO]
 
 
 @dataclass

@@ -218,20 +218,70 @@ def worker(config: ConfigOption = None) -> None:
 def db_upgrade(
     config: ConfigOption = None,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Apply migrations that are not online even while workers run.",
+        ),
+    ] = False,
 ) -> None:
-    """Apply migrations up to REVISION (default: the newest)."""
+    """Apply migrations up to REVISION (default: the newest).
+
+    Online migrations are applied while workers run; one that is not online is refused while
+    a worker is alive (stop the workers first, or --force)."""
+    from amnex.clock import utc_now
     from amnex.db.engine import Database
-    from amnex.db.migrate import upgrade_database
+    from amnex.db.migrate import (
+        current_revision,
+        live_workers,
+        migrations_after,
+        upgrade_database,
+        upgrade_refusal,
+    )
 
     async def run() -> None:
         db = Database(_settings(config))
         try:
+            pending = migrations_after(await current_revision(db), revision)
+            refusal = upgrade_refusal(pending, await live_workers(db, now=utc_now()))
+            if refusal is not None and not force:
+                raise SystemExit(refusal)
             await upgrade_database(db, revision)
+            for m in pending:
+                print(f"applied {m.revision}  {'online ' if m.online else 'offline'}  {m.title}")
         finally:
             await db.dispose()
 
     asyncio.run(run())
     print(f"database upgraded to {revision}")
+
+
+@db_app.command("status")
+def db_status(config: ConfigOption = None) -> None:
+    """The schema's revision, the migrations pending (online or not) and the workers alive."""
+    from amnex.clock import utc_now
+    from amnex.db.engine import Database
+    from amnex.db.migrate import current_revision, live_workers, migrations_after
+
+    async def run() -> None:
+        db = Database(_settings(config))
+        try:
+            current = await current_revision(db)
+            pending = migrations_after(current)
+            workers = await live_workers(db, now=utc_now())
+        finally:
+            await db.dispose()
+        print(f"revision: {current or '(empty database)'}")
+        if not pending:
+            print("pending: none (the schema is current)")
+        for m in pending:
+            print(f"pending: {m.revision}  {'online ' if m.online else 'offline'}  {m.title}")
+        print(f"workers alive: {len(workers)}")
+        for owner in workers:
+            print(f"  {owner}")
+
+    asyncio.run(run())
 
 
 @accounts_app.command("create")

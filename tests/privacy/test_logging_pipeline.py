@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -24,8 +23,8 @@ import structlog
 
 from amnex.config import Settings
 from amnex.db.engine import Database
-from amnex.logging_setup import THIRD_PARTY_LOGGERS, configure_logging, configured_log_format
-from support import AccountHandle, eventually, free_socket
+from amnex.logging_setup import configured_log_format
+from support import AccountHandle, Capture, eventually, free_socket
 
 E164 = "+14155550100"
 E164_DIGITS = "4155550100"
@@ -56,39 +55,6 @@ PLAINTEXT = [
     API_KEY,
     "Zk3Lr9Qw",
 ]
-
-Capture = Callable[[bool], io.StringIO]
-
-
-@pytest.fixture
-def capture() -> Iterator[Capture]:
-    """`capture(json)` configures logging into a fresh stream; the old setup comes back after."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    saved_third_party = {
-        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
-        for name in THIRD_PARTY_LOGGERS
-    }
-
-    def configure(as_json: bool) -> io.StringIO:
-        stream = io.StringIO()
-        configure_logging("DEBUG", as_json, stream=stream)
-        return stream
-
-    try:
-        yield configure
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
-        for name, (handlers, propagate) in saved_third_party.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.propagate = propagate
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
 
 
 def log_real_looking_records() -> None:

@@ -1,4 +1,4 @@
-"""API: the edge middleware — body size limit, TLS policy and HSTS, request timing.
+"""API: the edge middleware — request ids, body size limit, TLS policy and HSTS, timing.
 
 One pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which costs a task per request).
 
@@ -7,17 +7,25 @@ with `tls_required`, unless it comes from loopback or from a configured trusted 
 says (X-Forwarded-Proto: https) it terminated TLS. A trusted proxy is never exempt as a
 loopback client: a proxy on the same host forwarding plain HTTP is refused too. HSTS is sent
 on every HTTPS response.
+
+Request ids: each request gets one — the client's `X-Request-Id` when it is a plain token
+(letters, digits, `._:-`, at most 128), else a new `req_<hex>` — returned in `X-Request-Id`
+and bound to the logging context, so every log line written while serving the request
+carries `request_id`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from amnex.api.problems import problem_body
@@ -25,6 +33,15 @@ from amnex.config import Settings
 from amnex.metrics import API_REQUEST_DURATION
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_for(header: bytes | None) -> str:
+    """The client's request id when it is a plain token, else a new one."""
+    if header is not None and _CLIENT_REQUEST_ID.fullmatch(header):
+        return header.decode("ascii")
+    return f"req_{secrets.token_hex(10)}"
 
 
 def parse_networks(values: Iterable[str]) -> list[Network]:
@@ -86,6 +103,9 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
+        request_id = request_id_for(headers.get(b"x-request-id"))
+        request_id_header = (b"x-request-id", request_id.encode("ascii"))
+        log_context = structlog.contextvars.bind_contextvars(request_id=request_id)
         client = scope.get("client")
         client_host = client[0] if client else None
         peer = self.classify(client_host)
@@ -102,11 +122,10 @@ class EdgeMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                extra = [request_id_header]
                 if secure:
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        (b"strict-transport-security", self.hsts),
-                    ]
+                    extra.append((b"strict-transport-security", self.hsts))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -145,6 +164,7 @@ class EdgeMiddleware:
             else:
                 await self._buffered(scope, receive, send_with_headers)
         finally:
+            structlog.contextvars.reset_contextvars(**log_context)
             route = scope.get("route")
             key = (scope["method"], getattr(route, "path", "unmatched"), status_holder[0] // 100)
             timer = self._timers.get(key)

@@ -17,6 +17,8 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): creates the schema.
+online: bool = False
 
 
 def upgrade() -> None:

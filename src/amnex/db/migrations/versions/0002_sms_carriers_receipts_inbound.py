@@ -17,6 +17,9 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): changes the messages
+# table the previous version writes.
+online: bool = False
 
 
 def upgrade() -> None:

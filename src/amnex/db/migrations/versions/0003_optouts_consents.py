@@ -18,6 +18,9 @@ revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): the previous version has
+# no opt-out tables to keep.
+online: bool = False
 
 
 def _json() -> sa.types.TypeEngine[Any]:

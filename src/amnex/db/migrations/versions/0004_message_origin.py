@@ -17,6 +17,9 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): replaces an index of
+# messages the previous version queries.
+online: bool = False
 
 
 def upgrade() -> None:

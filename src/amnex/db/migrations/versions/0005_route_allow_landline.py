@@ -16,6 +16,9 @@ revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): adds a routes column the
+# previous version's route writes do not fill.
+online: bool = False
 
 
 def upgrade() -> None:

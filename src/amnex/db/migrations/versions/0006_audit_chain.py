@@ -27,6 +27,9 @@ revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): rewrites the audit log
+# into chains the previous version does not extend.
+online: bool = False
 
 CHUNK = 1000
 

@@ -19,6 +19,9 @@ revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): the previous version
+# stores content in clear beside encrypted content.
+online: bool = False
 
 
 def _json() -> sa.types.TypeEngine[Any]:

@@ -19,6 +19,9 @@ revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): added before upgrades
+# with running workers were supported.
+online: bool = False
 
 
 def _json() -> sa.types.TypeEngine[Any]:

@@ -23,6 +23,9 @@ revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): seals addresses: the
+# previous version writes them in clear.
+online: bool = False
 
 
 def _json() -> sa.types.TypeEngine[Any]:

@@ -19,6 +19,9 @@ revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Online: safe to apply while processes of the previous version run (`amnex db upgrade`): two
+# columns with defaults on audit_chain_heads; the previous version never reads them.
+online: bool = True
 
 GENESIS_HASH = "0" * 64
 

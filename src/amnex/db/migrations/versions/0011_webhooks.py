@@ -19,6 +19,10 @@ revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Online: safe to apply while processes of the previous version run (`amnex db upgrade`): new
+# tables, and triggers that add outbox rows only for accounts with webhook endpoints, which the
+# previous version cannot create.
+online: bool = True
 
 
 def _json() -> sa.types.TypeEngine[Any]:

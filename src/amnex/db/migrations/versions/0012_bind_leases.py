@@ -17,6 +17,10 @@ revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not online: stop the workers before applying it (`amnex db upgrade`): workers of the previous
+# version open every bind without leases, so both versions together would exceed a connector's
+# binds.
+online: bool = False
 
 
 def upgrade() -> None:
