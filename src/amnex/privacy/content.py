@@ -24,7 +24,6 @@ Content under a destroyed key reads as None — it was purged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -45,6 +44,7 @@ from amnex.db.base import Base
 from amnex.db.engine import Database
 from amnex.privacy.audit import record_audit
 from amnex.privacy.crypto import KEY_BYTES, NONCE_BYTES, CryptoError, SecretBox
+from amnex.privacy.keyring import SharedKeyring
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,18 @@ def key_id_for(now: datetime, period_s: int) -> tuple[str, datetime]:
     return f"ck_{start}", datetime.fromtimestamp(start, now.tzinfo)
 
 
-class ContentKeyring:
+class ContentKeyring(SharedKeyring):
     """The content keys this process holds, and the key new content is written under."""
 
+    keys_name = "content keys"
+    refresh_s = _REFRESH_S
+
     def __init__(self, db: Database, box: SecretBox, *, period_s: int) -> None:
-        self._db = db
+        super().__init__(db)
         self._box = box
         self._period_s = period_s
         self._keys: dict[str, AESGCM] = {}
         self._destroyed: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._users = 1
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -100,10 +101,8 @@ class ContentKeyring:
         A process that runs the API and a worker (`amnex dev`) shares one keyring: a second
         start on the same database returns the installed one.
         """
-        ring = _RING
-        if ring is not None and ring._db.url == db.url:
-            ring._users += 1
-            return ring
+        if _RING is not None and _RING.shares(db):
+            return _RING
         ring = cls(db, box, period_s=period_s)
         try:
             await ring.refresh()
@@ -119,28 +118,17 @@ class ContentKeyring:
             # waits, as writes do, until the keys load on the next try.
             log.warning("content keys not loaded yet (%s); retrying", type(exc).__name__)
         install(ring)
-        ring._task = asyncio.create_task(ring._keep_fresh(), name="content-keys")
+        ring.keep_fresh()
         return ring
 
-    async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0:
-            return
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        uninstall(self)
+    def _loaded(self) -> bool:
+        return bool(self._keys)
 
-    async def _keep_fresh(self) -> None:
-        while True:
-            # Every second until the first keys are loaded, then every `_REFRESH_S`.
-            await asyncio.sleep(_REFRESH_S if self._keys else 1.0)
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.warning("reloading content keys failed (%s)", type(exc).__name__)
+    async def _reload(self) -> None:
+        await self.refresh()
+
+    def _uninstall(self) -> None:
+        uninstall(self)
 
     async def refresh(self) -> None:
         now = utc_now()

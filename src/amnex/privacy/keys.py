@@ -59,6 +59,7 @@ from amnex.db.base import Base
 from amnex.db.engine import Database
 from amnex.errors import KeysUnavailable
 from amnex.privacy.crypto import KEY_BYTES, NONCE_BYTES, CryptoError
+from amnex.privacy.keyring import SharedKeyring
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,20 @@ def _mac(key: bytes, address: str) -> str:
     return base64.urlsafe_b64encode(digest[:_INDEX_BYTES]).decode()
 
 
-class AddressKeyring:
+class AddressKeyring(SharedKeyring):
     """The data keys and the index key this process holds."""
 
+    keys_name = "address keys"
+    refresh_s = _REFRESH_S
+
     def __init__(self, db: Database, box: KeyWrapper) -> None:
-        self._db = db
+        super().__init__(db)
         self._box = box
         self._index_key = b""
-        self._loaded = False
+        self._ready = False
         self._keys: dict[str, AESGCM] = {}
         self._destroyed: set[str] = set()
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._users = 1
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -149,10 +151,8 @@ class AddressKeyring:
         """
         from amnex.privacy.content import WrongMasterKey
 
-        ring = _RING
-        if ring is not None and ring._db.url == db.url:
-            ring._users += 1
-            return ring
+        if _RING is not None and _RING.shares(db):
+            return _RING
         ring = cls(db, box)
         try:
             await ring._load()
@@ -163,7 +163,7 @@ class AddressKeyring:
             # needs an address answers 503 `keys_unavailable` until the keys load.
             log.warning("address keys not loaded yet (%s); retrying", type(exc).__name__)
         install(ring)
-        ring._task = asyncio.create_task(ring._keep_fresh(), name="address-keys")
+        ring.keep_fresh()
         return ring
 
     @classmethod
@@ -190,29 +190,18 @@ class AddressKeyring:
                 "API and worker process needs the key the database was set up with "
                 "(AMNEX_MASTER_KEY or AMNEX_MASTER_KEY_FILE)"
             ) from exc
-        self._loaded = True
+        self._ready = True
         if backfill:
             await seal_existing(self._db)
 
-    async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0:
-            return
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        uninstall(self)
+    def _loaded(self) -> bool:
+        return self._ready
 
-    async def _keep_fresh(self) -> None:
-        while True:
-            # Every second until the keys are loaded, then every `_REFRESH_S`.
-            await asyncio.sleep(_REFRESH_S if self._loaded else 1.0)
-            try:
-                await (self.refresh() if self._loaded else self._load())
-            except Exception as exc:
-                log.warning("reloading address keys failed (%s)", type(exc).__name__)
+    async def _reload(self) -> None:
+        await (self.refresh() if self._ready else self._load())
+
+    def _uninstall(self) -> None:
+        uninstall(self)
 
     async def _load_index_key(self) -> None:
         async with self._db.read_session() as session:
