@@ -7,6 +7,13 @@ worker (dispatcher, receipts, sweeps, the bounce receiver on a free loopback por
 accept writer wakes in-process, points the sink's bounces at that receiver, and writes
 `<data-dir>/dev.json`. Connector passwords are sealed with `<data-dir>/master.key`, created
 on first run, unless a master key is configured.
+
+SIGTERM and SIGINT stop it as they stop `amnex worker`: the API stops taking requests, the
+dispatcher stops claiming and lets sends in flight finish for `shutdown_grace_s` (then gives
+their leases back), the channels unbind, the bind leases are released, the simulators close,
+and the process exits 0. uvicorn's own signal handling is switched off for this (`DevServer`):
+it re-raises the signal once the server has stopped, which would end the process before the
+worker's clean-up ran.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +55,19 @@ DEMO_RATE_LIMIT_PER_S = 100_000
 DEV_ACTOR = "dev:bootstrap"
 DEV_CONNECTOR = "dev-smsc"
 DEV_BOUNCE_DOMAIN = "bounces.amnex.localhost"
+
+
+class DevServer(uvicorn.Server):
+    """uvicorn without its signal handling: `run_dev` owns SIGTERM and SIGINT.
+
+    uvicorn's `capture_signals` swaps in its own handlers while it serves and raises the
+    captured signal again when it returns; under the default SIGTERM disposition that ends the
+    process before `run_dev` has stopped the dispatcher and given its leases back.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +258,7 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
     rt.simulators["smtp"] = sink
     rt.simulators["smsc"] = smsc
     app = create_app(rt, manage_lifecycle=False)
-    server = uvicorn.Server(
+    server = DevServer(
         uvicorn.Config(
             app,
             host=host,
@@ -248,47 +270,74 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
             lifespan="on",
         )
     )
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        if server.should_exit:
+            # Asked again: stop waiting for open API connections (the worker's clean-up,
+            # like `amnex worker`'s, still runs to the end).
+            server.force_exit = True
+        else:
+            log.info("%s received: shutting down", sig.name)
+        server.should_exit = True
+        dispatcher.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
     api_url = f"http://{host}:{port}"
-    _write_private(
-        dev_json,
-        json.dumps(
-            {
-                "api_url": api_url,
-                "api_key": creds.api_key,
-                "account_id": creds.account_id,
-                "admin_token": creds.admin_token,
-                "smsc": {
-                    "host": smsc.host,
-                    "port": smsc.port,
-                    "system_id": smsc.system_id,
-                    "password": smsc.password,
-                },
-                "smtp": {"host": sink.host, "port": sink.port},
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    await rt.start()
-    tune_gc_for_serving()
-    dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
-    print(  # noqa: T201 - the dev command talks to the person who ran it
-        f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
-        f"Credentials: {dev_json}\n\n"
-        f"Send an SMS:\n\n{curl_example(api_url, creds.api_key, 'sms')}\n\n"
-        f"Send an email:\n\n{curl_example(api_url, creds.api_key, 'email')}\n\n"
-        f"What the simulators received: curl -s {api_url}/_dev/smsc/messages  "
-        f"(and /_dev/smtp/messages)\n",
-        flush=True,
-    )
+    dispatch_task: asyncio.Task[None] | None = None
     try:
+        _write_private(
+            dev_json,
+            json.dumps(
+                {
+                    "api_url": api_url,
+                    "api_key": creds.api_key,
+                    "account_id": creds.account_id,
+                    "admin_token": creds.admin_token,
+                    "smsc": {
+                        "host": smsc.host,
+                        "port": smsc.port,
+                        "system_id": smsc.system_id,
+                        "password": smsc.password,
+                    },
+                    "smtp": {"host": sink.host, "port": sink.port},
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+        await rt.start()
+        tune_gc_for_serving()
+        dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
+        print(  # noqa: T201 - the dev command talks to the person who ran it
+            f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
+            f"Credentials: {dev_json}\n\n"
+            f"Send an SMS:\n\n{curl_example(api_url, creds.api_key, 'sms')}\n\n"
+            f"Send an email:\n\n{curl_example(api_url, creds.api_key, 'email')}\n\n"
+            f"What the simulators received: curl -s {api_url}/_dev/smsc/messages  "
+            f"(and /_dev/smtp/messages)\n",
+            flush=True,
+        )
         await server.serve()
     finally:
-        dispatcher.stop()
-        with contextlib.suppress(BaseException):
-            await dispatch_task
-        await rt.close(dispose_db=False)
-        await worker.close()
-        await smsc.stop()
-        await sink.stop()
-        await db.dispose()
+        try:
+            # The order of `amnex worker`: stop claiming and drain the sends in flight, then
+            # unbind, give the bind leases back and close.
+            dispatcher.stop()
+            if dispatch_task is not None:
+                try:
+                    await dispatch_task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    log.exception("the dispatcher failed")
+            await rt.close(dispose_db=False)
+            await worker.close()
+            await smsc.stop()
+            await sink.stop()
+            await db.dispose()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    log.info("amnex dev stopped")

@@ -2,24 +2,45 @@
 and the accounts' sending caps (daily, and per destination prefix per minute).
 
 Redis carries counters, not records: if it is unreachable the limiter lets requests through
-(and logs) rather than refusing service.
+rather than refusing service.
+
+Redis outages. The first failure logs one warning; while Redis stays away requests are let
+through without asking it, except one call per `probe_interval_s` that tries again, so an
+outage neither floods the log nor makes every request wait for a connection attempt. The
+first call that succeeds logs one info line, and limits are enforced from then on. The
+client's sockets have timeouts (a Redis that stops answering stalls a request for at most
+`REDIS_TIMEOUT_S`), a command on a pooled connection that turns out dead is retried once on
+a new one (a restarted Redis closed them all), and a connection idle for
+`REDIS_HEALTH_CHECK_S` is pinged before use. Options in the Redis URL (`?socket_timeout=2`)
+override these.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 import redis.asyncio
+import redis.exceptions
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from amnex.compliance.number_type import destination_prefix
 from amnex.compliance.policy import AccountCompliance
 from amnex.errors import DailyCapReached, VelocityLimited
 
 log = logging.getLogger(__name__)
+
+# While Redis is away, one call in this long tries it again.
+REDIS_PROBE_INTERVAL_S: Final = 1.0
+REDIS_TIMEOUT_S: Final = 1.0
+REDIS_HEALTH_CHECK_S: Final = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +59,26 @@ class RateDecision:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        *,
+        probe_interval_s: float = REDIS_PROBE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._storage: Storage
         self._pool: redis.asyncio.ConnectionPool | None = None
         if redis_url:
             # redis-py (a chosen dependency) rather than the library's default client; the
             # pool is ours so that close() can release its connections.
-            self._pool = redis.asyncio.ConnectionPool.from_url(redis_url)
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                redis_url,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                socket_timeout=REDIS_TIMEOUT_S,
+                health_check_interval=REDIS_HEALTH_CHECK_S,
+                # Connection errors only: a command that timed out may have counted.
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+            )
             self._storage = RedisStorage(
                 "async+" + redis_url.split("://", 1)[0] + "://" + redis_url.split("://", 1)[1],
                 implementation="redispy",
@@ -53,11 +87,52 @@ class RateLimiter:
         else:
             self._storage = MemoryStorage()
         self._items: dict[int, RateLimitItemPerSecond] = {}
+        self.probe_interval_s = probe_interval_s
+        self._clock = clock
+        self._down_since: float | None = None  # clock() of the failure that began an outage
+        self._probe_at = 0.0
+
+    @property
+    def storage_down(self) -> bool:
+        """Whether the last call to the store failed (requests are let through uncounted)."""
+        return self._down_since is not None
+
+    def _skip_store(self) -> bool:
+        """While the store is down, True (do not ask it) except for one call per interval."""
+        if self._down_since is None:
+            return False
+        now = self._clock()
+        if now < self._probe_at:
+            return True
+        self._probe_at = now + self.probe_interval_s  # this call probes; the others wait
+        return False
+
+    def _store_failed(self, exc: Exception) -> None:
+        now = self._clock()
+        self._probe_at = now + self.probe_interval_s
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "rate limiter storage unavailable (%s); allowing requests uncounted until it "
+                "is back (one attempt every %gs)",
+                type(exc).__name__,
+                self.probe_interval_s,
+            )
+
+    def _store_answered(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "rate limiter storage is back after %.1fs; limits are enforced again",
+                self._clock() - self._down_since,
+            )
+            self._down_since = None
 
     async def hit(self, key: str, per_s: int) -> RateDecision:
         item = self._items.get(per_s)
         if item is None:
             item = self._items[per_s] = RateLimitItemPerSecond(per_s)
+        if self._skip_store():
+            return RateDecision(True, per_s, per_s, 1)
         try:
             # The fixed-window strategy's own step (FixedWindowRateLimiter.hit), keeping the
             # count it returns: the window is one second, so what remains of it is at most
@@ -65,29 +140,38 @@ class RateLimiter:
             # trip) per request instead of two.
             count = await self._storage.incr(item.key_for("key", key), item.get_expiry())
         except Exception as exc:
-            log.warning("rate limiter storage unavailable (%s); allowing", type(exc).__name__)
+            self._store_failed(exc)
             return RateDecision(True, per_s, per_s, 1)
+        self._store_answered()
         return RateDecision(count <= per_s, per_s, max(0, per_s - count), 1)
 
     async def take(self, key: str, limit: int, expiry_s: int) -> bool:
         """Count one against `limit` on `key` (a fixed window named in the key); False, and
         nothing counted, when the limit is reached. An unreachable store allows (see above)."""
+        if self._skip_store():
+            return True
         try:
             count = await self._storage.incr(key, expiry_s)
             if count <= limit:
+                self._store_answered()
                 return True
             await self._storage.incr(key, expiry_s, amount=-1)
         except Exception as exc:
-            log.warning("rate limiter storage unavailable (%s); allowing", type(exc).__name__)
+            self._store_failed(exc)
             return True
+        self._store_answered()
         return False
 
     async def give_back(self, key: str, expiry_s: int) -> None:
         """Undo one `take` (the message it counted was not stored)."""
+        if self._skip_store():
+            return
         try:
             await self._storage.incr(key, expiry_s, amount=-1)
         except Exception as exc:
-            log.warning("rate limiter storage unavailable (%s)", type(exc).__name__)
+            self._store_failed(exc)
+            return
+        self._store_answered()
 
     async def close(self) -> None:
         if self._pool is not None:
