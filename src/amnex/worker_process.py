@@ -1,16 +1,36 @@
-"""Wiring: the `amnex worker` process — dispatcher, channels, wake-ups, signals."""
+"""Wiring: the `amnex worker` process — dispatcher, channels, wake-ups, signals.
+
+Health. The worker's HTTP port (`worker_metrics_port`) serves `/metrics`, `/healthz` and
+`/readyz` from a small WSGI server on its own thread, so a scrape never waits for the event
+loop. Readiness is checked on the loop (`WorkerReadiness.check_once`, every second: a
+`SELECT 1`, a Redis PING when configured, and the binds of the connectors whose leases this
+worker holds) and published as one immutable snapshot under a lock; the server thread reads
+the snapshot and judges the database's answer by its age, so a loop that stalls makes the
+worker not ready instead of leaving the last good answer up.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import prometheus_client
+import redis.asyncio
+from sqlalchemy import text
 
+from amnex.api.problems import PROBLEM_JSON, problem_body
 from amnex.carriers.leases import BindLeaseKeeper, lease_owner_id
 from amnex.carriers.routing import RouteCache
 from amnex.channels.base import Channel
@@ -52,16 +72,201 @@ async def housekeeping(db: Database, *, interval_s: float = HOUSEKEEPING_INTERVA
         await asyncio.sleep(interval_s)
 
 
-def start_metrics_server(settings: Settings) -> WSGIServer | None:
-    """The worker's `/metrics`, on its own thread, when `worker_metrics_port` is set."""
+# -------------------------------------------------------------------------------------------
+# Health: /healthz, /readyz and /metrics on the worker's own port
+
+READY_CHECK_INTERVAL_S: Final = 1.0
+# The database must have answered a check this recently for the worker to be ready.
+READY_DATABASE_FRESH_S: Final = 5.0
+_CHECK_TIMEOUT_S: Final = 2.0
+_NOT_CHECKED: Final = "unavailable: not checked yet"
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One round of checks, as the loop left it for the server thread."""
+
+    database_ok_at: float | None  # clock() of the last database answer
+    database_error: str | None  # why the last database check failed; None if it answered
+    redis: str | None  # None when no Redis is configured
+    unbound: tuple[str, ...]  # connectors whose slots this worker holds, with no bind up
+
+
+class WorkerReadiness:
+    """What the worker's `/readyz` answers. `check_once` and `run_forever` run on the event
+    loop; `report` may be called from any thread."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        redis_url: str | None = None,
+        interval_s: float = READY_CHECK_INTERVAL_S,
+        database_fresh_s: float = READY_DATABASE_FRESH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._redis_url = redis_url
+        self._redis: redis.asyncio.Redis | None = None
+        self.interval_s = interval_s
+        self.database_fresh_s = database_fresh_s
+        self._clock = clock
+        self._leases: BindLeaseKeeper | None = None
+        self._sms: SmsChannel | None = None
+        self._lock = threading.Lock()
+        self._checked = _Checked(None, _NOT_CHECKED, _NOT_CHECKED if redis_url else None, ())
+
+    def watch_binds(self, leases: BindLeaseKeeper | None, sms: SmsChannel | None) -> None:
+        """Judge the binds of the connectors `leases` holds slots of, as `sms` runs them."""
+        self._leases = leases
+        self._sms = sms
+
+    async def check_once(self) -> None:
+        database_ok_at = self._checked.database_ok_at
+        database_error: str | None = None
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT_S), self._db.read_session() as session:
+                await session.execute(text("SELECT 1"))
+            database_ok_at = self._clock()
+        except Exception as exc:
+            database_error = f"unavailable: {type(exc).__name__}"
+        redis_state: str | None = None
+        if self._redis_url:
+            redis_state = "ok" if await self._ping_redis(self._redis_url) else "unavailable"
+        checked = _Checked(database_ok_at, database_error, redis_state, self._unbound())
+        with self._lock:
+            self._checked = checked
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("readiness check failed; retried")
+            await asyncio.sleep(self.interval_s)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def report(self) -> tuple[bool, dict[str, str]]:
+        """(ready, checks) as `/readyz` shows them: each check "ok" or why it is not."""
+        with self._lock:
+            checked = self._checked
+        checks: dict[str, str] = {}
+        age_s = None if checked.database_ok_at is None else self._clock() - checked.database_ok_at
+        if checked.database_error is not None:
+            checks["database"] = checked.database_error
+        elif age_s is None or age_s > self.database_fresh_s:
+            checks["database"] = f"unavailable: no answer for {self.database_fresh_s:g}s"
+        else:
+            checks["database"] = "ok"
+        if checked.redis is not None:
+            checks["redis"] = checked.redis
+        checks["binds"] = "unbound: " + ", ".join(checked.unbound) if checked.unbound else "ok"
+        return all(v == "ok" for v in checks.values()), checks
+
+    def _unbound(self) -> tuple[str, ...]:
+        if self._leases is None:
+            return ()  # no leases: nothing this worker must bind
+        connectors = self._sms.connectors if self._sms is not None else {}
+        unbound = []
+        for connector_id, slots in self._leases.all_held.items():
+            connector = connectors.get(connector_id)
+            if slots and (connector is None or connector.bound_sessions == 0):
+                unbound.append(connector_id)
+        return tuple(sorted(unbound))
+
+    async def _ping_redis(self, url: str) -> bool:
+        if self._redis is None:
+            self._redis = redis.asyncio.Redis.from_url(
+                url, socket_timeout=_CHECK_TIMEOUT_S, socket_connect_timeout=_CHECK_TIMEOUT_S
+            )
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT_S):
+                return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+
+def health_app(readiness: WorkerReadiness | None) -> WSGIApplication:
+    """`/healthz`, `/readyz` (the API's shapes), and the metrics page on every other path."""
+    metrics = prometheus_client.make_wsgi_app()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return _json(start_response, "200 OK", {"status": "ok"})
+        if path == "/readyz":
+            ready, checks = (False, {}) if readiness is None else readiness.report()
+            if ready:
+                return _json(start_response, "200 OK", {"status": "ok", "checks": checks})
+            body = problem_body(
+                code="not_ready",
+                status=503,
+                title="Not ready",
+                detail=", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+                or "readiness is not checked in this process",
+                instance=path,
+                checks=checks,
+            )
+            return _json(
+                start_response,
+                "503 Service Unavailable",
+                body,
+                content_type=PROBLEM_JSON,
+                headers=[("Retry-After", "1")],
+            )
+        page: Iterable[bytes] = metrics(environ, start_response)
+        return page
+
+    return app
+
+
+def _json(
+    start_response: StartResponse,
+    status: str,
+    body: dict[str, Any],
+    *,
+    content_type: str = "application/json",
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    start_response(
+        status,
+        [("Content-Type", content_type), ("Content-Length", str(len(data))), *(headers or [])],
+    )
+    return [data]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a hung scrape never holds the process at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes are not logged."""
+
+
+def start_metrics_server(
+    settings: Settings, readiness: WorkerReadiness | None = None
+) -> WSGIServer | None:
+    """The worker's `/metrics`, `/healthz` and `/readyz`, on their own thread, when
+    `worker_metrics_port` is set. Stop it with `shutdown()` then `server_close()`."""
     if settings.worker_metrics_port is None:
         return None
-    server, _thread = prometheus_client.start_http_server(
-        settings.worker_metrics_port, addr=settings.worker_metrics_host
-    )
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(_ThreadingServer):
+        address_family = family  # an IPv6 host needs AF_INET6
+
+    server = make_server(host, port, health_app(readiness), Server, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
     log.info(
-        "worker metrics on http://%s:%d/metrics",
-        settings.worker_metrics_host,
+        "worker metrics and health on http://%s:%d/ (metrics, healthz, readyz)",
+        host,
         server.server_port,
     )
     return server
@@ -180,6 +385,11 @@ class WorkerParts:
         ]
         return parts
 
+    @property
+    def sms(self) -> SmsChannel | None:
+        sms = self.channels.get("sms")
+        return sms if isinstance(sms, SmsChannel) else None
+
     async def close(self) -> None:
         if self.bounce_receiver is not None:
             # First, while the database is still there; a report not yet answered is resent.
@@ -212,12 +422,15 @@ async def run_worker(settings: Settings) -> None:
     if not await schema_is_current(db):
         await db.dispose()
         raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
-    metrics_server = start_metrics_server(settings)
+    readiness = WorkerReadiness(db, redis_url=settings.redis_url)
+    metrics_server = start_metrics_server(settings, readiness)
     try:
         parts = await WorkerParts.start(settings, db)
     except WrongMasterKey as exc:
         await db.dispose()
         raise SystemExit(str(exc)) from None
+    readiness.watch_binds(parts.bind_leases, parts.sms)
+    readiness_task = asyncio.create_task(readiness.run_forever(), name="readiness")
     listener: PgListener | None = None
     # With LISTEN/NOTIFY new messages wake the worker at once; the timer only finds scheduled
     # and retried messages whose time has come.
@@ -233,9 +446,14 @@ async def run_worker(settings: Settings) -> None:
     try:
         await dispatcher.run()
     finally:
+        readiness_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readiness_task
+        await readiness.close()
         if listener is not None:
             await listener.close()
         await parts.close()
         await db.dispose()
         if metrics_server is not None:
             metrics_server.shutdown()
+            metrics_server.server_close()

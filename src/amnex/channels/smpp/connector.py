@@ -33,6 +33,12 @@ budget (no Redis, or Redis down) a connector with bind leases paces at its share
 rate * held slots / binds, so the workers' total stays within the rate; without leases each
 process paces at the whole rate.
 
+Window metrics. `amnex_smpp_window_in_use` and `amnex_smpp_window_size` are not updated on
+the submit path: a collector registered once reads the live connectors when a scrape asks
+(from the metrics server's thread, hence snapshots of the session dict, and a lock around
+the set of connectors). In use is each session's own count of submits awaiting their
+response, so a submit that dies with its session leaves it at once.
+
 Logs carry the connector id; never message text, the password or a full address
 (`mask_address` where one must appear).
 """
@@ -46,7 +52,9 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Iterable
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,7 +62,8 @@ import redis.asyncio
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge, Metric
+from prometheus_client.core import GaugeMetricFamily
 
 from amnex.channels.base import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from amnex.channels.smpp import text as sms_text
@@ -116,6 +125,62 @@ THROTTLE_PAUSES = Counter(
     ["connector"],
 )
 BOUND_SESSIONS = Gauge("amnex_smpp_bound_sessions", "SMPP sessions currently bound", ["connector"])
+
+
+class WindowCollector:
+    """`amnex_smpp_window_in_use` and `amnex_smpp_window_size`, read at scrape time from the
+    connectors started in this process (summed per connector id: a connector restarted with
+    a new configuration briefly runs next to the one unbinding)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connectors: weakref.WeakSet[SmppConnector] = weakref.WeakSet()
+
+    def add(self, connector: SmppConnector) -> None:
+        with self._lock:
+            self._connectors.add(connector)
+
+    def discard(self, connector: SmppConnector) -> None:
+        with self._lock:
+            self._connectors.discard(connector)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so that the registry reserves them without calling collect().
+        yield from _window_families()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            connectors = list(self._connectors)
+        totals: dict[str, tuple[int, int]] = {}
+        for connector in connectors:
+            in_use, size = connector.window_use()
+            seen = totals.get(connector.config.id, (0, 0))
+            totals[connector.config.id] = (seen[0] + in_use, seen[1] + size)
+        in_use_family, size_family = _window_families()
+        for connector_id, (in_use, size) in sorted(totals.items()):
+            in_use_family.add_metric([connector_id], in_use)
+            size_family.add_metric([connector_id], size)
+        yield in_use_family
+        yield size_family
+
+
+def _window_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    return (
+        GaugeMetricFamily(
+            "amnex_smpp_window_in_use",
+            "submit_sm awaiting their submit_sm_resp, over the connector's sessions",
+            labels=["connector"],
+        ),
+        GaugeMetricFamily(
+            "amnex_smpp_window_size",
+            "submit_sm the connector may have outstanding: window per bind x bound sessions",
+            labels=["connector"],
+        ),
+    )
+
+
+WINDOWS = WindowCollector()
+REGISTRY.register(WINDOWS)
 
 
 # -------------------------------------------------------------------------------------------
@@ -355,6 +420,7 @@ class SmppConnector:
         self._started = True
         self._leased = slots is not None
         BOUND_SESSIONS.labels(**self._labels).set(0)
+        WINDOWS.add(self)
         self.set_slots(range(self.config.binds) if slots is None else slots)
 
     @property
@@ -411,6 +477,7 @@ class SmppConnector:
                 task.cancel()
             await asyncio.gather(*waiting, return_exceptions=True)
         BOUND_SESSIONS.labels(**self._labels).set(0)
+        WINDOWS.discard(self)
         await self._limiter.close()
 
     @property
@@ -422,6 +489,20 @@ class SmppConnector:
     def bound_sessions(self) -> int:
         """Bound sessions that take submits (not those of slots being given back)."""
         return len(self._usable())
+
+    def window_use(self) -> tuple[int, int]:
+        """(submits awaiting their response, window per bind x bound sessions), now.
+
+        Safe to call from another thread (the metrics server's): it reads a snapshot of the
+        sessions and plain counters, never waits on the event loop. A session whose slot is
+        being given back still counts what it has outstanding until it has unbound.
+        """
+        sessions = tuple(self._sessions.items())  # one C-level copy: no resize mid-iteration
+        in_use = sum(session.outstanding for _, session in sessions)
+        bound = sum(
+            1 for slot, session in sessions if session.is_bound and slot not in self._retiring
+        )
+        return in_use, bound * self.config.window
 
     def _usable(self) -> list[SmppSession]:
         return [
