@@ -8,11 +8,15 @@ time-out, so the whole takes a few minutes on a 2-core machine. One run of small
 smoke test and a rough figure, not a measurement: compare ratios, and use the scripts' full
 defaults (bench/README.md) for numbers worth quoting.
 
-    .venv/bin/python bench/quick.py [--only accept,content_rules,e2e_sms,smpp]
+    .venv/bin/python bench/quick.py [--only accept,content_rules,e2e_sms,smpp,scaling,soak]
         [--pg-url postgresql://postgres@127.0.0.1:5432/test]
 
-Loopback only. Exits 1 if a benchmark failed, timed out or printed no summary (the table
-still shows the others); 2 when wrk, which accept and e2e_sms drive the API with, is missing.
+scaling and soak run on PostgreSQL: each creates its own database `amnex_bench_<random>` on
+the server of `--pg-url` (default postgresql://postgres@127.0.0.1:5432/test; the database
+named there is never written) and drops it at the end; accept uses PostgreSQL only when
+`--pg-url` is given. Loopback only. Exits 1 if a benchmark failed, timed out or printed no
+summary (the table still shows the others); 2 when wrk, which accept, e2e_sms, scaling and
+soak drive the API with, is missing.
 """
 
 from __future__ import annotations
@@ -67,7 +71,14 @@ QUICK: tuple[Quick, ...] = (
         ("e2e_sms.py", "--messages", "3000", "--runs", "1", "--cap-s", "60"),
         150,
     ),
+    # On PostgreSQL (a database of its own on --pg-url's server, dropped at the end) and the
+    # machine's Redis (database 7): 1, 2 and 4 workers, 1 and 2 serve processes, one round.
+    Quick("scaling", ("scaling.py", "--quick"), 300),
+    # A 2,000-message probe of the maximum, then one minute at 80 % of it, sampled every 10 s.
+    Quick("soak", ("soak.py", "--quick"), 300),
 )
+# The benchmarks that take --pg-url for the server they create their databases on.
+PG_BENCHMARKS = ("scaling", "soak")
 
 
 def parse_summary(stdout: str) -> dict[str, Any] | None:
@@ -159,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [q.name for q in QUICK]
     parser.add_argument("--only", default=",".join(names), help="comma-separated subset")
     parser.add_argument(
-        "--pg-url", help="also measure accept on PostgreSQL (a database is created and dropped)"
+        "--pg-url",
+        help="also measure accept on PostgreSQL, and the server scaling and soak create their "
+        "databases on (each creates and drops its own)",
     )
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -167,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown {unknown}; choose from {', '.join(names)}")
     chosen = [q for q in QUICK if q.name in wanted]
-    if any(q.name in ("accept", "e2e_sms") for q in chosen) and shutil.which("wrk") is None:
+    wrk_users = ("accept", "e2e_sms", *PG_BENCHMARKS)
+    if any(q.name in wrk_users for q in chosen) and shutil.which("wrk") is None:
         print(
             "wrk is not installed: `apt-get install -y wrk` (Debian), then retry.",
             file=sys.stderr,
@@ -183,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         extra: list[str] = []
         if quick.name == "accept" and args.pg_url:
             extra = ["--targets", "noop,sqlite,postgres", "--pg-url", args.pg_url]
+        elif quick.name in PG_BENCHMARKS and args.pg_url:
+            extra = ["--pg-url", args.pg_url]
         print(f"{quick.name} …", end=" ", flush=True)
         summary, status = run_one(quick, extra, log_dir)
         print(status, flush=True)

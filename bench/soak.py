@@ -1,0 +1,495 @@
+"""Bench (issue 7): soak — a steady 80 % of the measured maximum for ten minutes, watching
+memory and latency for drift.
+
+1. **The maximum** (unless `--max-rate` is given): one `amnex serve`, `--workers` (2)
+   `amnex worker` and the SMSC simulator on a fresh PostgreSQL database, exactly as a
+   bench/scaling.py pipeline run (one bind per worker, `AMNEX_REDIS_URL`); wrk sends
+   `--probe-messages` SMS over 64 connections and the clock runs until every one is final.
+   Messages/s of that run (accept and deliver) is the maximum.
+2. **The soak**, on another fresh database and freshly started processes of the same kind,
+   with the API's backpressure at its production defaults (so that a queue that grows is
+   refused and shows): SMS `POST /v1/messages` at a steady `--fraction` (0.8) of the maximum
+   for `--minutes` (10), open loop (bench/_scale.py's `paced_load`: requests leave at their
+   scheduled time whatever the answers do, on 64 keep-alive connections; latency counts from
+   the scheduled time). Every `--sample-s` (10) s: the RSS (VmRSS) of serve and of each
+   worker, the p50/p99 latency of the answers of that window, the API's `amnex_queue_depth`
+   (due, not yet claimed), the messages not final yet, and the CPU cores each process used.
+   After the load, at most `--drain-s` for every accepted message to be final.
+
+Verdicts:
+
+- **RSS**: per process, RSS of the last minute (median of its samples) within ±10 % of
+  minute 2's. Runs shorter than 3 minutes compare the last third of the samples with the
+  middle third instead.
+- **p99 trend**: over the samples after the first minute (after the first sample when the
+  run is shorter than 3 minutes), the least-squares slope of p99 against time (ms/minute), and
+  "upward beyond noise" when the slope is positive AND the median p99 of the last third of
+  those samples exceeds 1.25 x the median of their middle third.
+- **load held**: the achieved rate is at least 95 % of the target and no request was skipped
+  (the generator bounds its own backlog at 5 s of requests).
+
+    .venv/bin/python bench/soak.py [--quick] [--minutes 10] [--max-rate R] [--fraction 0.8]
+        [--workers 2] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
+        [--redis-url redis://127.0.0.1:6379/7] [--json]
+
+`--quick`: a 2,000-message probe, then 1 minute (about 2 minutes in all); its verdicts are
+indicative only. Exits 1 if a request got anything but 201, an accepted message did not end
+`delivered`, or (not in quick mode) a verdict fails; 2 without wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
+import httpx
+
+from _scale import (
+    DEFAULT_PG_URL,
+    DEFAULT_REDIS_URL,
+    BenchCluster,
+    loopback_only,
+    paced_load,
+    percentile,
+    queue_depth,
+    rss_bytes,
+    run_uvloop,
+    wait_final,
+    wait_for_binds,
+)
+from accept import _raise_exit, machine_busy_s, plain_pg_url, process_cpu_s
+from scaling import LEASE_S, Run, drive_pipeline, process_env
+
+MIB = 1024 * 1024
+NOT_FINAL = ("scheduled", "queued", "sending", "sent")
+
+
+@dataclass
+class Sample:
+    t_s: float  # seconds from the start of the load to the end of the window
+    answered: int
+    non_201: int
+    p50_ms: float
+    p99_ms: float
+    rss_mib: dict[str, float]
+    cores: dict[str, float]
+    queue_depth: float | None
+    not_final: int
+    machine_cores: float  # every CPU's busy time, everyone's (2 = this machine saturated)
+
+
+@dataclass
+class Soak:
+    max_rate: float
+    target_rate: float
+    duration_s: float
+    samples: list[Sample] = field(default_factory=list)
+    scheduled: int = 0
+    skipped: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    final: dict[str, int] = field(default_factory=dict)
+    generator_cpu_us: float = 0.0
+    error: str = ""
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses.get(201, 0)
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.accepted / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def correct(self) -> bool:
+        """Every request answered 201 and every accepted message delivered."""
+        return (
+            not self.error
+            and self.scheduled > 0
+            and set(self.statuses) == {201}
+            and self.final == {"delivered": self.accepted}
+        )
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+def windows(soak: Soak) -> tuple[list[Sample], list[Sample], str]:
+    """(reference samples, last samples, what they are) for the RSS verdict."""
+    samples = soak.samples
+    if soak.duration_s >= 180:
+        ref = [s for s in samples if 60 < s.t_s <= 120]
+        last_start = soak.duration_s - 60
+        last = [s for s in samples if s.t_s > last_start]
+        return ref, last, f"minute {soak.duration_s / 60:.0f} vs minute 2"
+    third = max(1, len(samples) // 3)
+    return samples[third : 2 * third], samples[-third:], "last third vs middle third"
+
+
+def rss_verdicts(soak: Soak) -> list[dict[str, Any]]:
+    ref, last, what = windows(soak)
+    out = []
+    names = soak.samples[0].rss_mib.keys() if soak.samples else []
+    for name in names:
+        ref_mib = statistics.median(s.rss_mib[name] for s in ref) if ref else 0.0
+        last_mib = statistics.median(s.rss_mib[name] for s in last) if last else 0.0
+        ratio = last_mib / ref_mib if ref_mib else None
+        out.append(
+            {
+                "process": name,
+                "reference_mib": ref_mib,
+                "last_mib": last_mib,
+                "ratio": ratio,
+                "compared": what,
+                "ok": ratio is not None and abs(ratio - 1) <= 0.10,
+            }
+        )
+    return out
+
+
+def slope_per_min(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y against x (seconds), per minute."""
+    if len(points) < 2:
+        return 0.0
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    return sxy / sxx * 60 if sxx else 0.0
+
+
+def p99_verdict(soak: Soak) -> dict[str, Any]:
+    warm_s = 60.0 if soak.duration_s >= 180 else (soak.samples[0].t_s if soak.samples else 0.0)
+    kept = [s for s in soak.samples if s.t_s > warm_s and s.answered]
+    slope = slope_per_min([(s.t_s, s.p99_ms) for s in kept])
+    third = max(1, len(kept) // 3)
+    middle = [s.p99_ms for s in kept[third : 2 * third]]
+    last = [s.p99_ms for s in kept[-third:]]
+    middle_median = statistics.median(middle) if middle else 0.0
+    last_median = statistics.median(last) if last else 0.0
+    upward = slope > 0 and bool(middle) and last_median > 1.25 * middle_median
+    return {
+        "samples": len(kept),
+        "after_s": warm_s,
+        "slope_ms_per_min": slope,
+        "middle_third_median_ms": middle_median,
+        "last_third_median_ms": last_median,
+        "ratio": last_median / middle_median if middle_median else None,
+        "upward": upward,
+        "ok": bool(kept) and not upward,
+    }
+
+
+# --- the runs --------------------------------------------------------------------------------
+
+
+def probe_max(args: argparse.Namespace) -> float:
+    """accept + deliver messages/s of one wrk run of `--probe-messages` (scaling.py's
+    pipeline run, on its own fresh database)."""
+    run = Run("e2e", args.workers, args.probe_messages)
+    cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
+    try:
+        cluster.create_database()
+        cluster.start_all(extra_env=process_env(args), connector_config={"binds": args.workers})
+        wait_for_binds(cluster, args.workers)
+        run_uvloop(drive_pipeline(cluster, run, args, cap_s=args.cap_s))
+    finally:
+        cluster.failed = not run.ok
+        cluster.close()
+    print(
+        f"maximum: {run.per_s:,.0f} msg/s accepted and delivered ({run.messages:,} SMS in "
+        f"{run.elapsed_s:.1f} s, final {run.final}, ok={run.ok})",
+        flush=True,
+    )
+    if not run.ok:
+        raise RuntimeError("the probe run failed; no maximum to take 80 % of")
+    return run.per_s
+
+
+async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace) -> None:
+    names = {"serve": cluster.processes["serve"].pid}
+    names.update({f"worker-{i}": pid for i, pid in enumerate(cluster.worker_pids())})
+    latencies: list[float] = []
+    non_201 = 0
+
+    def on_answer(_at: float, latency_s: float, status: int) -> None:
+        nonlocal non_201
+        latencies.append(latency_s)
+        non_201 += status != 201
+
+    conn = await asyncpg.connect(plain_pg_url(cluster.database_url))
+    client = httpx.AsyncClient()
+    cpu_start = time.process_time()
+    try:
+        stop = asyncio.Event()
+        load = asyncio.create_task(
+            paced_load(
+                [cluster.api_url],
+                cluster.api_key,
+                rate=soak.target_rate,
+                duration_s=soak.duration_s,
+                connections=args.connections,
+                on_answer=on_answer,
+                stop=stop,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        cpu_before = {name: process_cpu_s(pid) for name, pid in names.items()}
+        busy_before = machine_busy_s()[0]
+        n_samples = int(soak.duration_s // args.sample_s)
+        print(
+            "| t (s) | answers | non-201 | p50 ms | p99 ms | RSS MiB "
+            + " / ".join(names)
+            + " | cores "
+            + " / ".join(names)
+            + " | queue depth | not final | machine busy cores |",
+            flush=True,
+        )
+        for k in range(1, n_samples + 1):
+            await asyncio.sleep(max(0.0, t0 + k * args.sample_s - loop.time()))
+            if load.done():
+                break
+            window, latencies[:] = list(latencies), []
+            errors, non_201 = non_201, 0
+            cpu_now = {name: process_cpu_s(pid) for name, pid in names.items()}
+            cores = {n: (cpu_now[n] - cpu_before[n]) / args.sample_s for n in names}
+            cpu_before = cpu_now
+            busy_now = machine_busy_s()[0]
+            machine_cores, busy_before = (busy_now - busy_before) / args.sample_s, busy_now
+            not_final = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE status = ANY($1::text[])", list(NOT_FINAL)
+            )
+            sample = Sample(
+                t_s=loop.time() - t0,
+                answered=len(window),
+                non_201=errors,
+                p50_ms=percentile(window, 0.50) * 1000,
+                p99_ms=percentile(window, 0.99) * 1000,
+                rss_mib={n: rss_bytes(pid) / MIB for n, pid in names.items()},
+                cores=cores,
+                queue_depth=await queue_depth(client, cluster.api_url),
+                not_final=int(not_final),
+                machine_cores=machine_cores,
+            )
+            soak.samples.append(sample)
+            depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
+            print(
+                f"| {sample.t_s:5.0f} | {sample.answered:,} | {sample.non_201} | "
+                f"{sample.p50_ms:.1f} | {sample.p99_ms:.1f} | "
+                + " / ".join(f"{v:.0f}" for v in sample.rss_mib.values())
+                + " | "
+                + " / ".join(f"{v:.2f}" for v in sample.cores.values())
+                + f" | {depth} | {sample.not_final:,} | {sample.machine_cores:.2f} |",
+                flush=True,
+            )
+        result = await load
+        soak.scheduled, soak.skipped = result.scheduled, result.skipped
+        soak.statuses, soak.elapsed_s = result.statuses, result.elapsed_s
+        soak.generator_cpu_us = (
+            (time.process_time() - cpu_start) / result.answered * 1e6 if result.answered else 0.0
+        )
+        soak.final = await wait_final(conn, soak.accepted, time.monotonic() + args.drain_s)
+    finally:
+        await client.aclose()
+        await conn.close()
+
+
+def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
+    soak = Soak(max_rate, max_rate * args.fraction, args.minutes * 60)
+    cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
+    try:
+        cluster.create_database()
+        env = {
+            **process_env(args),
+            # Backpressure as in production (bench/accept.py's environment turns it off).
+            "AMNEX_MAX_QUEUE_DEPTH": "200000",
+            "AMNEX_MAX_ACCOUNT_BACKLOG": "50000",
+        }
+        cluster.start_all(extra_env=env, connector_config={"binds": args.workers})
+        wait_for_binds(cluster, args.workers)
+        print(
+            f"soak: {soak.target_rate:,.0f} msg/s ({args.fraction:.0%} of {max_rate:,.0f}) for "
+            f"{soak.duration_s:.0f} s, a sample every {args.sample_s:g} s",
+            flush=True,
+        )
+        run_uvloop(soak_load(cluster, soak, args))
+    except Exception as exc:  # reported; the processes are stopped below
+        soak.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        cluster.failed = not soak.correct
+        cluster.close()
+    return soak
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) -> str:
+    held = soak.achieved_rate >= 0.95 * soak.target_rate and soak.skipped == 0
+    lines = [
+        "| measure | value | verdict |",
+        "|---|---|---|",
+        f"| maximum (accept + deliver, probe) | {soak.max_rate:,.0f} msg/s | |",
+        f"| target / achieved rate | {soak.target_rate:,.0f} / {soak.achieved_rate:,.0f} msg/s "
+        f"({soak.achieved_rate / soak.target_rate:.2f}; {soak.skipped:,} skipped) "
+        f"| {'held' if held else 'NOT held'} |",
+        f"| answers | {', '.join(f'{k}: {v:,}' for k, v in sorted(soak.statuses.items()))} "
+        f"| {'ok' if set(soak.statuses) == {201} else 'FAIL'} |",
+        f"| final statuses after the drain | {soak.final} "
+        f"| {'ok' if soak.final == {'delivered': soak.accepted} else 'FAIL'} |",
+    ]
+    for row in rss:
+        ratio = f"{row['ratio']:.3f}" if row["ratio"] is not None else "—"
+        lines.append(
+            f"| RSS {row['process']} ({row['compared']}) | {row['last_mib']:.1f} / "
+            f"{row['reference_mib']:.1f} MiB = {ratio} | "
+            f"{'within 10 %' if row['ok'] else 'OUTSIDE 10 %'} |"
+        )
+    ratio = f"{p99['ratio']:.2f}" if p99["ratio"] is not None else "—"
+    lines.append(
+        f"| p99 after {p99['after_s']:.0f} s ({p99['samples']} samples): slope; last third / "
+        f"middle third median | {p99['slope_ms_per_min']:+.2f} ms/min; "
+        f"{p99['last_third_median_ms']:.1f} / {p99['middle_third_median_ms']:.1f} ms = {ratio} "
+        f"| {'upward beyond noise' if p99['upward'] else 'no upward trend'} |"
+    )
+    if soak.samples:
+        lines.append(
+            "| p50 / p99 over all samples (median) | "
+            f"{statistics.median(s.p50_ms for s in soak.samples):.1f} / "
+            f"{statistics.median(s.p99_ms for s in soak.samples):.1f} ms | |"
+        )
+        lines.append(
+            "| machine busy, median of samples (everyone's; serve + workers) | "
+            f"{statistics.median(s.machine_cores for s in soak.samples):.2f} cores "
+            f"({statistics.median(sum(s.cores.values()) for s in soak.samples):.2f}) | |"
+        )
+    lines.append(f"| load generator CPU | {soak.generator_cpu_us:.0f} µs/request | |")
+    return "\n".join(lines)
+
+
+def json_rows(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {
+            "figure": f"soak rate ({soak.duration_s / 60:g} min)",
+            "value": soak.achieved_rate,
+            "unit": "msg/s",
+            "baseline": "max (probe)",
+            "baseline_value": soak.max_rate,
+            "ratio": soak.achieved_rate / soak.max_rate if soak.max_rate else None,
+        }
+    ]
+    for row in rss:
+        rows.append(
+            {
+                "figure": f"RSS {row['process']}",
+                "value": row["last_mib"],
+                "unit": "MiB",
+                "baseline": row["compared"].split(" vs ")[1],
+                "baseline_value": row["reference_mib"],
+                "ratio": row["ratio"],
+            }
+        )
+    rows.append(
+        {
+            "figure": "p99 last third",
+            "value": p99["last_third_median_ms"],
+            "unit": "ms",
+            "baseline": "middle third",
+            "baseline_value": p99["middle_third_median_ms"],
+            "ratio": p99["ratio"],
+        }
+    )
+    rows.append({"figure": "p99 slope", "value": p99["slope_ms_per_min"], "unit": "ms/min"})
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 minute after a small probe")
+    parser.add_argument("--minutes", type=float, default=None, help="soak length (10; quick 1)")
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--max-rate", type=float, default=None, help="skip the probe")
+    parser.add_argument("--probe-messages", type=int, default=None, help="(10000; quick 2000)")
+    parser.add_argument("--fraction", type=float, default=0.8, help="of the maximum")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--cap-s", type=int, default=180, help="bound on the probe")
+    parser.add_argument("--drain-s", type=float, default=120.0, help="bound on the final wait")
+    parser.add_argument("--worker-concurrency", type=int, default=500, help="sends in flight")
+    parser.add_argument("--pool-size", type=int, default=5, help="AMNEX_DATABASE_POOL_SIZE")
+    parser.add_argument("--idle-s", type=float, default=3.0, help="the probe's idle measurement")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="server to create databases on")
+    parser.add_argument(
+        "--redis-url", default=DEFAULT_REDIS_URL, help="AMNEX_REDIS_URL ('' for none)"
+    )
+    parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    args = parser.parse_args(argv)
+    args.minutes = args.minutes or (1.0 if args.quick else 10.0)
+    args.probe_messages = args.probe_messages or (2_000 if args.quick else 10_000)
+    if not 0 < args.fraction <= 1 or args.minutes <= 0 or args.sample_s <= 0:
+        parser.error("--fraction in (0, 1], --minutes and --sample-s positive")
+    if args.minutes > 120:
+        parser.error("--minutes: at most 120")
+    if args.workers < 1 or args.probe_messages < args.connections:
+        parser.error("--workers positive, --probe-messages at least --connections")
+    for url in (args.pg_url, args.redis_url):
+        if url and not loopback_only(url):
+            parser.error(f"{url}: this benchmark runs on loopback only")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None and args.max_rate is None:
+        print("wrk is not installed: `apt-get install -y wrk`, then retry.", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        max_rate = args.max_rate if args.max_rate is not None else probe_max(args)
+        soak = run_soak(args, max_rate)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rss = rss_verdicts(soak)
+    p99 = p99_verdict(soak)
+    held = soak.achieved_rate >= 0.95 * soak.target_rate and soak.skipped == 0
+    verdicts_ok = held and all(r["ok"] for r in rss) and p99["ok"]
+    ok = soak.correct and (args.quick or verdicts_ok)
+    print()
+    print(
+        f"Soak on PostgreSQL, {args.workers} workers, {soak.duration_s / 60:g} min at "
+        f"{args.fraction:.0%} of the maximum — correctness {'PASS' if soak.correct else 'FAIL'}, "
+        f"verdicts {'PASS' if verdicts_ok else 'FAIL'}"
+        + (" (quick mode: indicative only)" if args.quick else "")
+    )
+    if soak.error:
+        print(f"ERROR {soak.error}")
+    print()
+    print(summary_table(soak, rss, p99))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "benchmark": "soak",
+                    "ok": ok,
+                    "rows": json_rows(soak, rss, p99),
+                    "samples": [s.__dict__ for s in soak.samples],
+                }
+            )
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
