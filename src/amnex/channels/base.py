@@ -2,6 +2,7 @@
 
     DeliveryError
     ├── TemporaryDeliveryError   worth retrying; may carry retry_after_s
+    │   └── NotAttempted         nothing was tried: another worker can send it
     └── PermanentDeliveryError   retrying cannot help; the message fails at once
 
 Both carry a normalised `code` (`carrier_rejected`, `unknown_subscriber`, ...) and the
@@ -44,6 +45,14 @@ class TemporaryDeliveryError(DeliveryError):
     ) -> None:
         super().__init__(code, message, raw_code=raw_code, **detail)
         self.retry_after_s = retry_after_s
+
+
+class NotAttempted(TemporaryDeliveryError):
+    """Nothing was tried: this worker cannot send the message, another can (`no_bind_here`).
+
+    The dispatcher gives the message back as it was, counting no attempt. A temporary error
+    to anything that does not know it, so the channel contract holds.
+    """
 
 
 class PermanentDeliveryError(DeliveryError):

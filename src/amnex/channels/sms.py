@@ -8,9 +8,13 @@ a connector that is down (nothing was sent) passes the message to the next. Rece
 inbound messages from every connector go to the worker's `DeliveryWriter`.
 
 With bind leases (`carriers.leases`, what `amnex worker` runs) each connector binds only the
-slots this worker holds, and follows the keeper as slots come and go. A message whose route's
-connectors all have no slot here is given back at once (`connection_unavailable`, retried
-with the usual backoff) without waiting for a bind: a worker holding one will take it.
+slots this worker holds, and follows the keeper as slots come and go. `can_attempt` tells the
+dispatcher which messages this worker cannot send at all (no slot of any connector on their
+route), so it leaves them to a worker that holds one; one claimed anyway (the slots moved
+in between) is given back untried (`NotAttempted`, `no_bind_here`): due at once, with no
+attempt counted. A worker that holds a slot whose bind is down (reconnecting) does try: it
+waits for the bind and, failing that, the message is retried with backoff like any other
+connection failure, since no other worker can open that slot meanwhile.
 
 A connector whose password cannot be opened (no or the wrong master key) is not started,
 and the log says why; its messages wait (`connection_unavailable`) rather than fail.
@@ -31,6 +35,7 @@ from amnex.carriers.models import Connector
 from amnex.carriers.routing import RouteCache
 from amnex.carriers.service import connector_runtime_config
 from amnex.channels.base import (
+    NotAttempted,
     OutboundMessage,
     PermanentDeliveryError,
     SubmitResult,
@@ -100,6 +105,27 @@ class SmsChannel:
     def connectors(self) -> dict[str, SmppConnector]:
         return dict(self._connectors)
 
+    def can_attempt(self, account_id: str, to_addr: str) -> bool:
+        """False when this worker holds no bind slot of any connector on the message's route.
+
+        Pure and cheap (the route table and the leases are in memory): the dispatcher asks it
+        for every message it is about to claim.
+        """
+        leases = self._leases
+        if leases is None:
+            return True
+        candidates = self._routes.current.connectors_for("sms", account_id, to_addr)
+        # No route fails the same on every worker, at once (`send`): nothing to leave.
+        return not candidates or any(self._holds_slot(leases, c) for c in candidates)
+
+    def _holds_slot(self, leases: BindLeaseKeeper, connector_id: str) -> bool:
+        connector = self._connectors.get(connector_id)
+        if connector is not None:
+            return bool(connector.slots)
+        # Not running here (its password does not open): a slot held is still this worker's
+        # to try, so the message waits and gives up as with any connection failure.
+        return bool(leases.held(connector_id))
+
     async def start(self) -> None:
         await self.sync()
         self._task = asyncio.create_task(self._sync_forever(), name="sms-connectors")
@@ -160,14 +186,13 @@ class SmsChannel:
         candidates = self._routes.current.connectors_for("sms", message.account_id, message.to_addr)
         if not candidates:
             raise PermanentDeliveryError("no_route", "no route for SMS to this destination")
+        if not self.can_attempt(message.account_id, message.to_addr):
+            raise NotAttempted(
+                "no_bind_here", "this worker holds no bind of this message's connectors"
+            )
         running = [self._connectors[c] for c in candidates if c in self._connectors]
         if self._leases is not None:
             running = [c for c in running if c.slots]
-            if not running:
-                raise TemporaryDeliveryError(
-                    "connection_unavailable",
-                    "this worker holds no bind of this message's connectors; another may",
-                )
         if running and not any(c.is_up for c in running):
             await _first_up(running, BIND_WAIT_S)
         unavailable: TemporaryDeliveryError | None = None

@@ -14,14 +14,25 @@ consents for the whole claim: a message whose recipient opted out meanwhile beco
 `scheduled` until they open. Amnex's own keyword replies (`origin`) skip it: a STOP is
 confirmed to the number that just opted out.
 
+A worker may be unable to send some messages at all: with bind leases it may hold no bind of
+any connector on an SMS's route. The claim asks the worker (`can_attempt`) and passes such a
+message over, untouched and unlocked once the claim commits, so it goes to a worker that
+can send it rather than waiting behind one that cannot. A claim that passed messages over
+looks further down the queue, a few batches deep at most (`CLAIM_ROUNDS`), so a backlog for
+a connector this worker has no bind of does not starve it of the messages it can send. A
+message claimed anyway (the binds moved between the claim and the send) is given back untried
+(`record_not_attempted`): queued and due at once, its attempt not counted, no event.
+
 Recording an outcome re-reads the row under a lock and applies it only if this worker still
 holds the lease: a worker that lost its lease (it stalled, another worker reclaimed the row)
-cannot overwrite the newer attempt. Every recording is safe to run twice.
+cannot overwrite the newer attempt. Every recording is safe to run twice. Transactions that
+lock several message rows lock them in id order (outcome groups, receipts), or skip what
+another holds (claims, lease renewal), so none waits for another in a circle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,8 +53,13 @@ from amnex.privacy.keys import blind_index, load_keys, open_address
 from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
 from amnex.recipients.facts import FactsQuery, facts_session
 
-# record_submitted / record_failed / record_retry, called with the session and keywords.
+# record_submitted / record_failed / record_retry / record_not_attempted, called with the
+# session and keywords.
 Recorder = Callable[..., Awaitable[bool]]
+# Whether this worker can send a message at all: (channel, account id, recipient) -> bool.
+CanAttempt = Callable[[str, str, str], bool]
+# How many batches deep a claim looks when it passes messages over (see the design note).
+CLAIM_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,32 +98,24 @@ async def claim_due_messages(
     limit: int,
     lease_s: float,
     now: datetime,
+    can_attempt: CanAttempt | None = None,
+    skip_ids: Collection[str] = (),
 ) -> list[ClaimedMessage]:
     """Take up to `limit` due messages under a lease held by `owner`; expired ones fail here.
 
-    One SELECT, one UPDATE per kind of change (executemany) and one INSERT of the events:
-    a claim of hundreds of messages is a handful of statements.
+    Messages `can_attempt` says this worker cannot send, and those in `skip_ids`, are passed
+    over (left as they are). One SELECT, one UPDATE per kind of change (executemany) and one
+    INSERT of the events: a claim of hundreds of messages is a handful of statements.
     """
-    rows = (
-        await session.execute(
-            select(*_CLAIM_COLUMNS)
-            .where(
-                Message.status.in_([s.value for s in CLAIMABLE_STATUSES]),
-                Message.next_attempt_at <= now,
-            )
-            .order_by(Message.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
+    rows, recipients = await _due_rows(
+        session, limit=limit, now=now, can_attempt=can_attempt, skip_ids=skip_ids
+    )
     lease_until = now + timedelta(seconds=lease_s)
     claimed: list[ClaimedMessage] = []
     leased: list[dict[str, Any]] = []
     expired: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    await load_keys({row.account_id for row in rows})
-    recipients = {row.id: open_address(row.to_addr) or "" for row in rows}
     verdicts = await _recheck(session, rows, recipients, now=now)
     for row in rows:
         previous = Status(row.status)
@@ -197,6 +205,54 @@ async def claim_due_messages(
     if events:
         await insert_rows(session, MessageEvent, events)
     return claimed
+
+
+async def _due_rows(
+    session: AsyncSession,
+    *,
+    limit: int,
+    now: datetime,
+    can_attempt: CanAttempt | None,
+    skip_ids: Collection[str],
+) -> tuple[list[Any], dict[str, str]]:
+    """Up to `limit` due rows, locked, that this worker can send (or must settle: an expired
+    one fails wherever it is claimed), oldest first; and their recipients in clear."""
+    due = (
+        select(*_CLAIM_COLUMNS)
+        .where(
+            Message.status.in_([s.value for s in CLAIMABLE_STATUSES]),
+            Message.next_attempt_at <= now,
+        )
+        .order_by(Message.next_attempt_at)
+        .with_for_update(skip_locked=True)
+    )
+    taken: list[Any] = []
+    recipients: dict[str, str] = {}
+    # Rows a claim locked stay visible to its own next SELECT: exclude them by id.
+    excluded = set(skip_ids)
+    for _ in range(CLAIM_ROUNDS if can_attempt is not None else 1):
+        wanted = limit - len(taken)
+        query = due.limit(wanted)
+        if excluded:
+            query = query.where(Message.id.not_in(sorted(excluded)))
+        rows = (await session.execute(query)).all()
+        await load_keys({row.account_id for row in rows})
+        passed_over = False
+        for row in rows:
+            to = open_address(row.to_addr) or ""
+            excluded.add(row.id)
+            if (
+                can_attempt is None
+                or (row.expires_at is not None and row.expires_at <= now)
+                or can_attempt(row.channel, row.account_id, to)
+            ):
+                taken.append(row)
+                recipients[row.id] = to
+            else:
+                passed_over = True
+        if not passed_over or len(rows) < wanted:
+            break
+    return taken, recipients
 
 
 def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -540,23 +596,73 @@ async def record_retry(
     return True
 
 
+async def record_not_attempted(
+    session: AsyncSession, *, message_id: str, owner: str, now: datetime
+) -> bool:
+    """Give back a message this worker claimed but could not try (the channel said why).
+
+    Queued and due at once for another worker, its lease ended, and the attempt the claim
+    counted taken back. No event: nothing happened that a client would act on (a `queued`
+    event would be a `message.queued` webhook), and the claim's `sending` event has no
+    webhook type; the next claim records its own, with the same attempt number. The last
+    failure's `error_code`, if any, stays: it is still the last thing that went wrong.
+    """
+    message = await _leased(session, message_id, owner)
+    if message is None:
+        return False
+    check_transition(Status.SENDING, Status.QUEUED)
+    message.status = Status.QUEUED.value
+    message.updated_at = now
+    message.attempts = max(0, message.attempts - 1)
+    message.next_attempt_at = now
+    _release_lease(message)
+    return True
+
+
 async def extend_leases(
     session: AsyncSession, *, owner: str, message_ids: list[str], lease_s: float, now: datetime
 ) -> int:
-    """Renew the leases of sends still in flight, so a slow carrier never makes them claimable."""
+    """Renew the leases of sends still in flight, so a slow carrier never makes them claimable.
+
+    Rows another transaction holds are skipped, not waited for: that is the outcome writer
+    recording them (which ends the lease anyway) or a receipt, and renewal comes again in a
+    third of a lease. Never waiting is also what keeps renewal out of deadlocks: its UPDATE
+    over many rows would otherwise lock them in scan order while the outcome writer locks
+    the same rows in id order (PostgreSQL; SQLite has one writer at a time).
+    """
     if not message_ids:
         return 0
-    lease_until = now + timedelta(seconds=lease_s)
-    result = await session.execute(
-        update(Message)
+    lockable = (
+        select(Message.id)
         .where(
-            Message.id.in_(message_ids),
+            Message.id.in_(sorted(set(message_ids))),
             Message.lease_owner == owner,
             Message.status == Status.SENDING.value,
         )
+        .order_by(Message.id)
+        .with_for_update(skip_locked=True)
+    )
+    lease_until = now + timedelta(seconds=lease_s)
+    # One statement: the sub-select locks in id order and skips held rows, the UPDATE
+    # changes only what it locked.
+    result = await session.execute(
+        update(Message)
+        .where(Message.id.in_(lockable))
         .values(lease_until=lease_until, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def lock_messages(session: AsyncSession, message_ids: Sequence[str]) -> None:
+    """Lock these message rows in id order, the one order every multi-row writer uses."""
+    if message_ids:
+        await session.execute(
+            select(Message.id)
+            .where(Message.id.in_(sorted(set(message_ids))))
+            .order_by(Message.id)
+            .with_for_update()
+        )
 
 
 async def release_leases(
@@ -564,7 +670,7 @@ async def release_leases(
 ) -> int:
     """Give claimed messages back at shutdown, due at once for another worker."""
     released = 0
-    for message_id in message_ids:
+    for message_id in sorted(message_ids):  # row locks in id order, as everywhere
         message = await _leased(session, message_id, owner)
         if message is None:
             continue

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -120,25 +121,10 @@ class OutcomeWriter:
 
     async def _apply(self, group: list[_Outcome]) -> list[bool]:
         owner = self._owner
+        pending = [(o.recorder, o.kwargs) for o in group]
 
         async def work(session: AsyncSession) -> list[bool]:
-            now = utc_now()
-            # Accepted sends, the bulk of any group, are written together in a few
-            # statements; failures and retries one by one.
-            results: dict[int, bool] = {}
-            submitted = [
-                (i, o) for i, o in enumerate(group) if o.recorder is claim.record_submitted
-            ]
-            if submitted:
-                outcomes = [claim.Submitted(**o.kwargs) for _, o in submitted]
-                applied = await claim.record_submitted_many(session, outcomes, owner=owner, now=now)
-                results.update(zip((i for i, _ in submitted), applied, strict=True))
-            for i, outcome in enumerate(group):
-                if i not in results:
-                    results[i] = await outcome.recorder(
-                        session, owner=owner, now=now, **outcome.kwargs
-                    )
-            return [results[i] for i in range(len(group))]
+            return await apply_outcomes(session, pending, owner=owner, now=utc_now())
 
         return await self._db.write(work)
 
@@ -163,3 +149,30 @@ class OutcomeWriter:
             if not outcome.done.done():
                 outcome.done.set_result(applied)
             return
+
+
+async def apply_outcomes(
+    session: AsyncSession,
+    outcomes: Sequence[tuple[Recorder, dict[str, Any]]],
+    *,
+    owner: str,
+    now: datetime,
+) -> list[bool]:
+    """Record one group of outcomes in the caller's transaction; whether each applied."""
+    # Accepted sends, the bulk of any group, are written together in a few statements (their
+    # rows locked in id order); failures and retries one by one, in the order they came.
+    # With any of those, every row of the group is locked first, in id order: the order
+    # every transaction locking several message rows uses, so none waits for another in a
+    # circle (receipts lock in id order too; lease renewal never waits).
+    results: dict[int, bool] = {}
+    submitted = [(i, kw) for i, (rec, kw) in enumerate(outcomes) if rec is claim.record_submitted]
+    if len(outcomes) > 1 and len(submitted) < len(outcomes):
+        await claim.lock_messages(session, [kw["message_id"] for _, kw in outcomes])
+    if submitted:
+        many = [claim.Submitted(**kw) for _, kw in submitted]
+        applied = await claim.record_submitted_many(session, many, owner=owner, now=now)
+        results.update(zip((i for i, _ in submitted), applied, strict=True))
+    for i, (recorder, kwargs) in enumerate(outcomes):
+        if i not in results:
+            results[i] = await recorder(session, owner=owner, now=now, **kwargs)
+    return [results[i] for i in range(len(outcomes))]

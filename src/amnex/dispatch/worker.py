@@ -6,6 +6,13 @@ writer (`amnex dev`), by PostgreSQL `NOTIFY` (see `wakeup`), or by a poll timer
 (`poll_interval_s`, at most 100 ms, for separate processes on SQLite and for scheduled and
 retried messages whose time has come).
 
+A channel that can tell which messages this worker cannot send at all (`AttemptFilter`: the
+SMS channel, for routes whose connectors it holds no bind of) is asked at each claim, which
+passes those messages over for a worker that can. One that says so only at send time
+(`NotAttempted`) has its message given back untried, due at once and with no attempt counted,
+and this worker leaves it alone for `NOT_ATTEMPTED_HOLD_S`, so it does not claim it straight
+back while another worker can take it.
+
 On stop (SIGTERM) the loop stops claiming, lets sends in flight finish for up to
 `shutdown_grace_s`, then cancels what is left and gives those leases back, due at once. A
 worker killed outright (SIGKILL) gives nothing back: its leases expire after `lease_s` and
@@ -20,12 +27,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import (
     Channel,
     DeliveryError,
+    NotAttempted,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
@@ -40,6 +49,16 @@ from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED
 from amnex.privacy.logsafe import failure_summary
 
 log = logging.getLogger(__name__)
+
+# How long this worker leaves a message it gave back untried before it may claim it again.
+NOT_ATTEMPTED_HOLD_S = 1.0
+
+
+@runtime_checkable
+class AttemptFilter(Protocol):
+    """A channel that knows, before claiming, which messages this worker cannot send."""
+
+    def can_attempt(self, account_id: str, to_addr: str) -> bool: ...
 
 
 def worker_name() -> str:
@@ -78,6 +97,8 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._slot_free = asyncio.Event()
+        # Messages given back untried: id -> loop time until which this worker skips them.
+        self._held_off: dict[str, float] = {}
 
     def wake(self, _count: int = 0) -> None:
         """New work may be due (called by the accept writer or a NOTIFY listener)."""
@@ -152,10 +173,18 @@ class Dispatcher:
 
     async def _claim_and_start(self, limit: int) -> int:
         owner, lease_s = self.owner, self._lease_s
+        can_attempt = self._attempt_filter()
+        skip_ids = self._held_off_ids()
 
         async def work(session: AsyncSession) -> list[claim.ClaimedMessage]:
             return await claim.claim_due_messages(
-                session, owner=owner, limit=limit, lease_s=lease_s, now=utc_now()
+                session,
+                owner=owner,
+                limit=limit,
+                lease_s=lease_s,
+                now=utc_now(),
+                can_attempt=can_attempt,
+                skip_ids=skip_ids,
             )
 
         try:
@@ -169,6 +198,27 @@ class Dispatcher:
             self._inflight[item.outbound.id] = task
             task.add_done_callback(self._done_callback(item.outbound.id))
         return len(batch)
+
+    def _attempt_filter(self) -> claim.CanAttempt | None:
+        """The claim's `can_attempt`, from the channels that can tell (None: all can send).
+
+        Pure and in memory; on SQLite the claim calls it on the database writer's thread.
+        """
+        filters = {n: c for n, c in self._channels.items() if isinstance(c, AttemptFilter)}
+        if not filters:
+            return None
+
+        def can_attempt(channel: str, account_id: str, to_addr: str) -> bool:
+            check = filters.get(channel)
+            return check is None or check.can_attempt(account_id, to_addr)
+
+        return can_attempt
+
+    def _held_off_ids(self) -> frozenset[str]:
+        now = asyncio.get_running_loop().time()
+        for message_id in [m for m, until in self._held_off.items() if until <= now]:
+            del self._held_off[message_id]
+        return frozenset(self._held_off)
 
     def _done_callback(self, message_id: str) -> Callable[[asyncio.Task[None]], None]:
         return lambda _task: self._done(message_id)
@@ -186,6 +236,9 @@ class Dispatcher:
                     "no_route", f"no carrier connection for {message.channel}"
                 )
             result = await channel.send(message)
+        except NotAttempted as exc:
+            await self._give_back(item, exc)
+            return
         except DeliveryError as exc:
             await self._record_error(item, exc)
             return
@@ -216,6 +269,16 @@ class Dispatcher:
         DISPATCH_OUTCOMES.labels(channel=message.channel, outcome=result.status).inc()
         if result.status == "delivered":
             MESSAGES_DELIVERED.labels(channel=message.channel).inc()
+
+    async def _give_back(self, item: claim.ClaimedMessage, exc: NotAttempted) -> None:
+        """Nothing was tried: the message goes back as it was, for a worker that can send it."""
+        message = item.outbound
+        # Before the write commits: from then on the message is due, and this worker's own
+        # next claim must not take it straight back.
+        loop = asyncio.get_running_loop()
+        self._held_off[message.id] = loop.time() + NOT_ATTEMPTED_HOLD_S
+        await self._record(claim.record_not_attempted, message_id=message.id)
+        log.debug("message %s given back untried (%s)", message.id, exc.code)
 
     async def _record_error(self, item: claim.ClaimedMessage, exc: DeliveryError) -> None:
         message = item.outbound
