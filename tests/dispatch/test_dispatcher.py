@@ -6,6 +6,8 @@ The carrier is a scripted in-memory channel (the one transport seam); the databa
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -32,7 +34,7 @@ from amnex.messages.models import Message, MessageEvent
 from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import prepare_message
 from amnex.worker_process import build_dispatcher
-from support import AccountHandle, eventually
+from support import AccountHandle, Capture, eventually
 
 EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 
@@ -353,3 +355,43 @@ async def test_a_slow_send_keeps_its_lease_and_is_not_sent_twice(
         await asyncio.gather(*tasks)
     assert message.attempts == 1
     assert [e.status for e in await events(db, message_id)].count("sending") == 1
+
+
+async def test_log_lines_written_during_a_send_name_the_message_and_account(
+    capture: Capture,
+    settings: Settings,
+    db: Database,
+    account: AccountHandle,
+    channel: ScriptedChannel,
+) -> None:
+    # Given a channel that logs while it sends, and the real logging pipeline writing JSON
+    stream = capture(True)
+    channel_log = logging.getLogger("amnex.channels.scripted")
+    original = channel.send
+
+    async def logging_send(message: OutboundMessage) -> SubmitResult:
+        channel_log.info("handing over")
+        return await original(message)
+
+    channel.send = logging_send  # type: ignore[method-assign]
+    first = await accept(db, account, "first@example.com")
+    second = await accept(db, account, "second@example.com")
+
+    # When a worker sends both at once
+    dispatcher = build_dispatcher(settings, db, {"email": channel}, poll_interval_s=0.02)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await until_status(db, first, "delivered")
+        await until_status(db, second, "delivered")
+    finally:
+        dispatcher.stop()
+        await task
+
+    # Then each send's line carries its own message id, and the worker's own lines none
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    sends = [line for line in lines if line["event"] == "handing over"]
+    assert sorted(line["message_id"] for line in sends) == sorted([first, second])
+    assert {line["account_id"] for line in sends} == {account.account_id}
+    started = [line for line in lines if "started" in line["event"]]
+    assert started
+    assert all("message_id" not in line for line in started)

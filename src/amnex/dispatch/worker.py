@@ -4,7 +4,12 @@ Design note. The loop claims only as many messages as it has free send slots, so
 claimed waits in memory behind other work. It sleeps until woken: by the in-process accept
 writer (`amnex dev`), by PostgreSQL `NOTIFY` (see `wakeup`), or by a poll timer
 (`poll_interval_s`, at most 100 ms, for separate processes on SQLite and for scheduled and
-retried messages whose time has come).
+retried messages whose time has come). A claim that came back short (the queue was
+drained) is followed by the next one no sooner than `claim_coalesce_s` (20 ms) later,
+however often it is woken: every worker hears every `NOTIFY` and every finished send frees a
+slot, and without that pause each would cost a claim query per message, per worker — CPU per
+message then grows with the number of workers. A full worker wakes when a slot frees; one
+with free slots does not (a finished send makes nothing new due).
 
 A channel that can tell which messages this worker cannot send at all (`AttemptFilter`: the
 SMS channel, for routes whose connectors it holds no bind of) is asked at each claim, which
@@ -29,6 +34,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.channels.base import (
@@ -77,6 +83,7 @@ class Dispatcher:
         lease_s: float,
         poll_interval_s: float,
         shutdown_grace_s: float,
+        claim_coalesce_s: float = 0.02,
         owner: str | None = None,
         receipt_wait_s: float = 172_800.0,
         receipt_grace_s: float = 600.0,
@@ -89,6 +96,7 @@ class Dispatcher:
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
         self._shutdown_grace_s = shutdown_grace_s
+        self._claim_coalesce_s = claim_coalesce_s
         self.owner = owner or worker_name()
         self._receipt_wait_s = receipt_wait_s
         self._receipt_grace_s = receipt_grace_s
@@ -117,14 +125,23 @@ class Dispatcher:
         self._outcomes.start()
         heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
         try:
+            loop = asyncio.get_running_loop()
+            next_claim_at = 0.0
             while not self._stopping.is_set():
                 free = self._concurrency - len(self._inflight)
-                claimed = 0
-                if free > 0:
-                    claimed = await self._claim_and_start(min(free, self._batch_size))
-                if claimed and claimed == min(free, self._batch_size):
+                if free <= 0:
+                    await self._sleep(until_slot_free=True)
+                    continue
+                pause_s = next_claim_at - loop.time()
+                if pause_s > 0:
+                    await self._pause(pause_s)
+                    continue
+                wanted = min(free, self._batch_size)
+                claimed = await self._claim_and_start(wanted)
+                if claimed == wanted:
                     continue  # more may be due right now
-                await self._sleep()
+                next_claim_at = loop.time() + self._claim_coalesce_s
+                await self._sleep(until_slot_free=False)
         finally:
             await self._drain()
             await self._outcomes.close()
@@ -156,13 +173,13 @@ class Dispatcher:
             except Exception:
                 log.exception("renewing leases failed; retrying at the next beat")
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, *, until_slot_free: bool) -> None:
+        """Until woken (new work may be due), a slot frees (when asked), or the poll timer."""
         self._wakeup.clear()
         self._slot_free.clear()
-        waiters = [
-            asyncio.ensure_future(self._wakeup.wait()),
-            asyncio.ensure_future(self._slot_free.wait()),
-        ]
+        waiters = [asyncio.ensure_future(self._wakeup.wait())]
+        if until_slot_free:
+            waiters.append(asyncio.ensure_future(self._slot_free.wait()))
         try:
             await asyncio.wait(
                 waiters, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED
@@ -170,6 +187,11 @@ class Dispatcher:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+    async def _pause(self, pause_s: float) -> None:
+        """The rest of the pause between short claims; a stop ends it at once."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=pause_s)
 
     async def _claim_and_start(self, limit: int) -> int:
         owner, lease_s = self.owner, self._lease_s
@@ -229,6 +251,9 @@ class Dispatcher:
 
     async def _deliver(self, item: claim.ClaimedMessage) -> None:
         message = item.outbound
+        # Each send is its own task, so this context is the send's alone: every log line
+        # written for it (the channel's, the SMPP session's, the outcome's) names it.
+        structlog.contextvars.bind_contextvars(message_id=message.id, account_id=message.account_id)
         channel = self._channels.get(message.channel)
         try:
             if channel is None:
