@@ -173,7 +173,13 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
     worker to send them, which is exactly what it refuses in production.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMNEX_")}
-    env.update({"AMNEX_MAX_QUEUE_DEPTH": "0", "AMNEX_MAX_ACCOUNT_BACKLOG": "0"})
+    env.update(
+        {
+            "AMNEX_MAX_QUEUE_DEPTH": "0",
+            "AMNEX_MAX_ACCOUNT_BACKLOG": "0",
+            "AMNEX_MAX_CONNECTOR_BACKLOG": "0",
+        }
+    )
     env.update(extra)
     return env
 

@@ -315,6 +315,7 @@ def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
             # Backpressure as in production (bench/accept.py's environment turns it off).
             "AMNEX_MAX_QUEUE_DEPTH": "200000",
             "AMNEX_MAX_ACCOUNT_BACKLOG": "50000",
+            "AMNEX_MAX_CONNECTOR_BACKLOG": "100000",
         }
         cluster.start_all(extra_env=env, connector_config={"binds": args.workers})
         wait_for_binds(cluster, args.workers)

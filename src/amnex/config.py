@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="`POST /v1/messages` answers 429 `account_backlog_full` to an account "
         "with this many due messages of its own (0: never).",
     )
+    max_connector_backlog: int = Field(
+        100_000,
+        ge=0,
+        description="`POST /v1/messages` answers 503 `connector_backlog_full` to an SMS "
+        "routed to a connector with this many due messages (0: never).",
+    )
     backpressure_sample_s: float = Field(
         0.5,
         gt=0,

@@ -209,6 +209,7 @@ def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
         webhook_allow_loopback=True,
         # The demo account takes the bundled benchmarks' bursts (DESIGN.md: dev.json).
         max_account_backlog=1_000_000,
+        max_connector_backlog=1_000_000,
         max_queue_depth=2_000_000,
         database_url=os.environ.get(
             "AMNEX_DATABASE_URL", f"sqlite+aiosqlite:///{(data_dir / 'amnex.db').resolve()}"

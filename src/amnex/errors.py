@@ -32,6 +32,7 @@
     └── ServiceUnavailable          service_unavailable 503 (carries retry_after_s)
         ├── DatabaseUnavailable     database_unavailable 503
         ├── QueueFull               queue_full         503  (`max_queue_depth`)
+        ├── ConnectorBacklogFull    connector_backlog_full 503 (`max_connector_backlog`)
         ├── MasterKeyMissing        master_key_missing 503  (secrets cannot be sealed)
         └── KeysUnavailable         keys_unavailable   503  (address keys not loaded yet)
 
@@ -302,6 +303,11 @@ class DatabaseUnavailable(ServiceUnavailable):
 class QueueFull(ServiceUnavailable):
     code = "queue_full"
     title = "Too many messages are waiting to be sent"
+
+
+class ConnectorBacklogFull(ServiceUnavailable):
+    code = "connector_backlog_full"
+    title = "Too many messages are waiting for this message's carrier connection"
 
 
 class MasterKeyMissing(ServiceUnavailable):

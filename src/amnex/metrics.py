@@ -36,6 +36,11 @@ BACKPRESSURE_ACCOUNTS = Gauge(
     "amnex_backpressure_accounts",
     "Accounts refused with account_backlog_full (over max_account_backlog), at the last sample",
 )
+BACKPRESSURE_CONNECTORS = Gauge(
+    "amnex_backpressure_connectors",
+    "Connectors whose SMS are refused with connector_backlog_full (over "
+    "max_connector_backlog), at the last sample",
+)
 BACKPRESSURE_REFUSALS = Counter(
     "amnex_backpressure_refusals_total",
     "Send requests refused by backpressure (queue_full, account_backlog_full)",

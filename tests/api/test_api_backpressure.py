@@ -1,6 +1,7 @@
-"""Backpressure: `POST /v1/messages` refuses with `503 queue_full` while the due queue is full
-and with `429 account_backlog_full` to an account whose own due backlog is, from a sample taken
-in the background — never a count per request — and before the body is read.
+"""Backpressure: `POST /v1/messages` refuses with `503 queue_full` while the due queue is full,
+with `429 account_backlog_full` to an account whose own due backlog is (before the body is
+read), and with `503 connector_backlog_full` an SMS routed to a carrier connector whose backlog
+is — from a sample taken in the background, never a count per request.
 
 Each test takes the samples itself (`backpressure.refresh()`); the background sampler is set to
 a minute, so it never samples in between.
@@ -17,12 +18,22 @@ import httpx
 import pytest
 from api_checks import EMAIL, assert_problem, count_messages
 from prometheus_client import REGISTRY
+from sqlalchemy import func, select
 
 from amnex.api.backpressure import Backpressure
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
-from support import AccountHandle, eventually, make_account, serve_api
+from amnex.messages.models import Message
+from amnex.simulators.smsc import SmscSimulator
+from support import (
+    AccountHandle,
+    add_smpp_route,
+    eventually,
+    make_account,
+    serve_api,
+    with_master_key,
+)
 
 QUIET_S = 60.0  # the background sampler's interval: longer than any of these tests
 
@@ -32,6 +43,7 @@ def limited(settings: Settings, **limits: Any) -> Settings:
         update={
             "max_queue_depth": 0,
             "max_account_backlog": 0,
+            "max_connector_backlog": 0,
             "backpressure_sample_s": QUIET_S,
             **limits,
         }
@@ -253,3 +265,62 @@ async def test_the_count_ceiling_follows_max_queue_depth(
     sampler = Backpressure.from_settings(db, settings.model_copy(update=limits))
 
     assert sampler.due_cap == cap
+
+
+async def test_sms_to_a_connector_over_its_backlog_get_503_while_other_routes_still_send(
+    settings: Settings, db: Database, account: AccountHandle, smsc: SmscSimulator
+) -> None:
+    # Given two carriers, one for +1 415 numbers and one for +1 212, and two SMS waiting for the
+    # first (no worker runs here)
+    sms_settings = with_master_key(settings)
+    busy = await add_smpp_route(
+        db, sms_settings, host=smsc.host, port=smsc.port, name="busy", prefix="1415"
+    )
+    other = await add_smpp_route(
+        db, sms_settings, host=smsc.host, port=smsc.port, name="other", prefix="1212"
+    )
+    async with serve_api(limited(sms_settings, max_connector_backlog=2), db) as api:
+        before = (await api.client.get("/metrics")).text
+        for n in range(2):
+            response = await api.client.post(
+                "/v1/messages", headers=account.headers, json=sms(f"+1415555010{n}")
+            )
+            assert response.status_code == 201, response.text
+        await api.runtime.backpressure.refresh()
+
+        # When a third is sent to the busy carrier, one to the other carrier, and an email
+        refused = await api.client.post(
+            "/v1/messages", headers=account.headers, json=sms("+14155550109")
+        )
+        to_other = await api.client.post(
+            "/v1/messages", headers=account.headers, json=sms("+12125550199")
+        )
+        email = await send(api.client, account)
+        after = (await api.client.get("/metrics")).text
+
+    # Then only the SMS for the busy carrier is refused, with Retry-After, and not stored
+    problem = assert_problem(refused, 503, "connector_backlog_full")
+    assert "2 or more messages" in problem["detail"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert to_other.status_code == 201, to_other.text
+    assert email.status_code == 201, email.text
+    async with db.read_session() as session:
+        stored = dict(
+            (
+                await session.execute(
+                    select(Message.connector_id, func.count())
+                    .where(Message.account_id == account.account_id)
+                    .group_by(Message.connector_id)
+                )
+            ).all()
+        )
+    assert stored == {busy: 2, other: 1, None: 1}
+    # And the refusal is counted, and the connector is over its backlog at the last sample
+    labels = '{code="connector_backlog_full"}'
+    for name in ("amnex_backpressure_refusals_total", "amnex_messages_rejected_total"):
+        assert sample_of(after, name, labels) == sample_of(before, name, labels) + 1
+    assert sample_of(after, "amnex_backpressure_connectors") == 1
+
+
+def sms(to: str) -> dict[str, Any]:
+    return {"channel": "sms", "to": to, "body": "Your code is 123456"}

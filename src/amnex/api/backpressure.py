@@ -1,4 +1,5 @@
-"""API: backpressure — refuse new sends while the due queue, or one account's part of it, is full.
+"""API: backpressure — refuse new sends while the due queue, or one account's or one carrier
+connector's part of it, is full.
 
 Design note. The accept path must not count rows per request: at tens of thousands of
 requests a second a COUNT each would become the database's main load. Each API process
@@ -16,10 +17,17 @@ so memory stays flat however hard clients push.
    status; pending webhook deliveries, stopped at `WEBHOOK_COUNT_CEILING`.
 2. Only when the depth reaches `max_account_backlog` (below it no account can) and the queue is
    not full (then every send is refused anyway): the same capped range grouped by account,
-   keeping only the accounts at or over the limit. The range then holds every due row, so the
-   counts are exact. This one reads table rows, not just the index (about 0.15 s for 60,000
-   due rows on SQLite), so it runs at most `GROUPING_DUTY` of the time: after a grouping that
-   took `d`, the next waits `d / GROUPING_DUTY`, and samples in between keep its verdict.
+   keeping only the accounts at or over the limit; likewise by connector (`connector_id`, the
+   connector an SMS was routed to at accept) once the depth reaches `max_connector_backlog`.
+   The range then holds every due row, so the counts are exact. These read table rows, not
+   just the index (about 0.15 s for 60,000 due rows on SQLite), so together they run at most
+   `GROUPING_DUTY` of the time: after groupings that took `d`, the next wait `d /
+   GROUPING_DUTY`, and samples in between keep their verdicts.
+
+An account over its limit is refused before the body is read (429 `account_backlog_full`); a
+connector's backlog is known only once the message is routed, so an SMS to a connector over
+its limit is refused right after (503 `connector_backlog_full`) — a carrier that is down or
+slow stops taking new work for itself alone, and messages to other carriers still go.
 
 A verdict is up to `backpressure_sample_s` old, so a burst can overshoot a limit by what one
 process accepts in that time: the limits stop unbounded growth, they are not quotas. When
@@ -44,11 +52,12 @@ from sqlalchemy import and_, func, select
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
-from amnex.errors import AccountBacklogFull, QueueFull
+from amnex.errors import AccountBacklogFull, ConnectorBacklogFull, QueueFull
 from amnex.messages.models import Message
 from amnex.messages.status import Status
 from amnex.metrics import (
     BACKPRESSURE_ACCOUNTS,
+    BACKPRESSURE_CONNECTORS,
     BACKPRESSURE_REFUSALS,
     QUEUE_DEPTH,
     QUEUE_OLDEST_DUE_AGE,
@@ -79,6 +88,7 @@ class QueueSample:
     oldest_due_at: datetime | None
     webhook_pending: int
     accounts_over: frozenset[str]
+    connectors_over: frozenset[str] = frozenset()
 
     @property
     def oldest_due_age_s(self) -> float:
@@ -97,18 +107,23 @@ class Backpressure:
         max_queue_depth: int,
         max_account_backlog: int,
         sample_s: float,
+        max_connector_backlog: int = 0,
     ) -> None:
         self._db = db
         self.max_queue_depth = max_queue_depth
         self.max_account_backlog = max_account_backlog
+        self.max_connector_backlog = max_connector_backlog
         self.sample_s = sample_s
         self.retry_after_s = max(1, math.ceil(sample_s))
         self._stale_after_s = max(_STALE_AFTER_MIN_S, STALE_AFTER_SAMPLES * sample_s)
         # The verdict, replaced whole by each sample.
         self._queue_full = False
         self._accounts_over: frozenset[str] = frozenset()
-        # The last per-account grouping, and when (time.monotonic) the next may run.
+        self._connectors_over: frozenset[str] = frozenset()
+        # The last groupings (by account, by connector), and when (time.monotonic) the next
+        # may run.
         self._grouped: frozenset[str] = frozenset()
+        self._grouped_connectors: frozenset[str] = frozenset()
         self._next_grouping = 0.0
         self.last_sample: QueueSample | None = None
         self._last_ok: float | None = None
@@ -121,6 +136,7 @@ class Backpressure:
             db,
             max_queue_depth=settings.max_queue_depth,
             max_account_backlog=settings.max_account_backlog,
+            max_connector_backlog=settings.max_connector_backlog,
             sample_s=settings.backpressure_sample_s,
         )
 
@@ -144,6 +160,16 @@ class Backpressure:
             raise AccountBacklogFull(
                 f"this account has {self.max_account_backlog} or more messages waiting to be "
                 "sent; nothing was stored",
+                retry_after_s=self.retry_after_s,
+            )
+
+    def check_connector(self, connector_id: str | None) -> None:
+        """Raise ConnectorBacklogFull if the last sample put this connector over its limit."""
+        if connector_id is not None and connector_id in self._connectors_over:
+            BACKPRESSURE_REFUSALS.labels(code=ConnectorBacklogFull.code).inc()
+            raise ConnectorBacklogFull(
+                f"{self.max_connector_backlog} or more messages are waiting for the carrier "
+                "connection this message is routed to; nothing was stored",
                 retry_after_s=self.retry_after_s,
             )
 
@@ -178,7 +204,9 @@ class Backpressure:
                 self._failing = True
                 log.warning("backpressure: cannot sample the queue: %s", type(exc).__name__)
             if self._last_ok is None or loop.time() - self._last_ok > self._stale_after_s:
-                self._set_verdict(queue_full=False, accounts_over=frozenset())
+                self._set_verdict(
+                    queue_full=False, accounts_over=frozenset(), connectors_over=frozenset()
+                )
             return None
         if self._failing:
             self._failing = False
@@ -188,13 +216,20 @@ class Backpressure:
         self._set_verdict(
             queue_full=bool(self.max_queue_depth) and sample.due >= self.max_queue_depth,
             accounts_over=sample.accounts_over,
+            connectors_over=sample.connectors_over,
         )
         QUEUE_DEPTH.set(sample.due)
         QUEUE_OLDEST_DUE_AGE.set(sample.oldest_due_age_s)
         WEBHOOK_BACKLOG.set(sample.webhook_pending)
         return sample
 
-    def _set_verdict(self, *, queue_full: bool, accounts_over: frozenset[str]) -> None:
+    def _set_verdict(
+        self,
+        *,
+        queue_full: bool,
+        accounts_over: frozenset[str],
+        connectors_over: frozenset[str],
+    ) -> None:
         if queue_full != self._queue_full:
             log.warning(
                 "backpressure: %s",
@@ -202,9 +237,16 @@ class Backpressure:
                 if queue_full
                 else "the due queue is below max_queue_depth again",
             )
+        if connectors_over != self._connectors_over and connectors_over:
+            log.warning(
+                "backpressure: refusing SMS routed to %s (max_connector_backlog)",
+                ", ".join(sorted(connectors_over)),
+            )
         self._queue_full = queue_full
         self._accounts_over = accounts_over
+        self._connectors_over = connectors_over
         BACKPRESSURE_ACCOUNTS.set(len(accounts_over))
+        BACKPRESSURE_CONNECTORS.set(len(connectors_over))
 
     async def sample(self, now: datetime) -> QueueSample:
         """Read the figures (see the module docstring); writes nothing to the database."""
@@ -233,30 +275,47 @@ class Backpressure:
             )
             .scalar_subquery()
         )
-        accounts_over: frozenset[str] = frozenset()
         async with self._db.read_session() as session:
             row = (await session.execute(select(depth, webhooks, *oldest))).one()
             due_count = int(row[0] or 0)
-            limit = self.max_account_backlog
-            if limit and due_count >= limit:
-                if self.max_queue_depth and due_count >= self.max_queue_depth:
-                    accounts_over = self._grouped  # all refused anyway: no grouping needed
-                elif time.monotonic() < self._next_grouping:
-                    accounts_over = self._grouped
-                else:
-                    started = time.monotonic()
-                    backlog = select(Message.account_id).where(due).limit(cap).subquery()
-                    accounts_over = self._grouped = frozenset(
+            by_account = bool(self.max_account_backlog) and due_count >= self.max_account_backlog
+            by_connector = (
+                bool(self.max_connector_backlog) and due_count >= self.max_connector_backlog
+            )
+            if not by_account:
+                self._grouped = frozenset()  # below the limit no account can be over it
+            if not by_connector:
+                self._grouped_connectors = frozenset()
+            full = bool(self.max_queue_depth) and due_count >= self.max_queue_depth
+            # Queue full: every send is refused anyway, no grouping needed; otherwise group
+            # at most GROUPING_DUTY of the time, and keep the last verdicts in between.
+            if (
+                (by_account or by_connector)
+                and not full
+                and time.monotonic() >= self._next_grouping
+            ):
+                started = time.monotonic()
+                backlog = select(Message.account_id, Message.connector_id).where(due).limit(cap)
+                rows = backlog.subquery()
+                if by_account:
+                    self._grouped = frozenset(
                         await session.scalars(
-                            select(backlog.c.account_id)
-                            .group_by(backlog.c.account_id)
-                            .having(func.count() >= limit)
+                            select(rows.c.account_id)
+                            .group_by(rows.c.account_id)
+                            .having(func.count() >= self.max_account_backlog)
                         )
                     )
-                    ended = time.monotonic()
-                    self._next_grouping = ended + (ended - started) / GROUPING_DUTY
-            else:
-                self._grouped = frozenset()  # below the limit no account can be over it
+                if by_connector:
+                    self._grouped_connectors = frozenset(
+                        await session.scalars(
+                            select(rows.c.connector_id)
+                            .where(rows.c.connector_id.is_not(None))
+                            .group_by(rows.c.connector_id)
+                            .having(func.count() >= self.max_connector_backlog)
+                        )
+                    )
+                ended = time.monotonic()
+                self._next_grouping = ended + (ended - started) / GROUPING_DUTY
         times = [t for t in row[2:] if t is not None]
         return QueueSample(
             at=now,
@@ -264,5 +323,6 @@ class Backpressure:
             due_cap=cap,
             oldest_due_at=min(times) if times else None,
             webhook_pending=int(row[1] or 0),
-            accounts_over=accounts_over,
+            accounts_over=self._grouped,
+            connectors_over=self._grouped_connectors,
         )

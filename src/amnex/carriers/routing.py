@@ -86,6 +86,12 @@ class RouteTable:
                 return route
         return None
 
+    def primary_connector(self, route: RouteEntry | None) -> str | None:
+        """The connector a message on `route` goes to first: its first enabled one."""
+        if route is None:
+            return None
+        return next((cid for cid in route.connector_ids if cid in self.enabled_connectors), None)
+
     def connectors_for(self, channel: str, account_id: str, to: str) -> tuple[str, ...]:
         """The enabled connectors to try, in order; empty when nothing routes the message."""
         route = self.best_route(channel, account_id, to)

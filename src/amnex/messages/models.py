@@ -47,6 +47,10 @@ class Message(Base):
     from_addr: Mapped[str] = mapped_column(Text)
     to_addr: Mapped[str] = mapped_column(Text)
     peer_index: Mapped[str | None] = mapped_column(String(32))
+    # The connector an outbound SMS was routed to at accept (its route's first enabled one),
+    # which its backlog counts against (`api.backpressure`); dispatch routes again, and may
+    # fail over to another. Null for channels without connectors (email) and inbound.
+    connector_id: Mapped[str | None] = mapped_column(String(40))
     category: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(12))
     error_code: Mapped[str | None] = mapped_column(String(40))

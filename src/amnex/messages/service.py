@@ -275,6 +275,7 @@ def prepare_message(
         "from_addr": from_addr,
         "to_addr": seal_address(ctx.account_id, to),
         "peer_index": peer_index,  # address_columns, with the index computed once
+        "connector_id": routes.primary_connector(route),
         "category": request.category,
         "status": status.value,
         "subject": request.subject,

@@ -110,6 +110,8 @@ async def send_message(request: Request) -> Response:
             return await _replay(request, ctx, record, request_hash)
     try:
         prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current, geo=rt.geo)
+        # The connector is known once the message is routed (api.backpressure).
+        rt.backpressure.check_connector(prepared.row["connector_id"])
     except AmnexError as exc:
         MESSAGES_REJECTED.labels(code=exc.code).inc()
         raise
