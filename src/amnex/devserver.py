@@ -11,9 +11,10 @@ on first run, unless a master key is configured.
 SIGTERM and SIGINT stop it as they stop `amnex worker`: the API stops taking requests, the
 dispatcher stops claiming and lets sends in flight finish for `shutdown_grace_s` (then gives
 their leases back), the channels unbind, the bind leases are released, the simulators close,
-and the process exits 0. uvicorn's own signal handling is switched off for this (`DevServer`):
-it re-raises the signal once the server has stopped, which would end the process before the
-worker's clean-up ran.
+and the process exits 0. The handlers are in place before the first step of start-up: a signal
+during start-up ends it after the step under way, and what has started closes the same way.
+uvicorn's own signal handling is switched off for this (`DevServer`): it re-raises the signal
+once the server has stopped, which would end the process before the worker's clean-up ran.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from amnex.carriers.models import Connector
 from amnex.config import Settings, load_settings
 from amnex.db.engine import Database
 from amnex.db.migrate import upgrade_database
+from amnex.dispatch.worker import Dispatcher
 from amnex.privacy.crypto import SecretBox, ensure_key_file
 from amnex.runtime import Runtime, tune_gc_for_serving
 from amnex.simulators.smsc import SmscSimulator
@@ -233,61 +235,105 @@ def dev_settings(data_dir: Path, sink: SmtpSink) -> Settings:
     )
 
 
-async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "info") -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
-    sink = SmtpSink(host="127.0.0.1", port=0)
-    await sink.start()
-    smsc = SmscSimulator(host="127.0.0.1", port=0)
-    await smsc.start()
-    settings = dev_settings(data_dir, sink)
-    if settings.public_url is None:
-        # Unsubscribe links in marketing email point at this server.
-        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
-    db = Database(settings)
-    await upgrade_database(db)
-    dev_json = data_dir / "dev.json"
-    creds = await bootstrap_demo(db, _read_previous(dev_json))
-    await bootstrap_smsc_route(db, SecretBox.from_settings(settings), smsc)
+class _StopSignals:
+    """SIGTERM and SIGINT for `run_dev`, handled from the first step of start-up on.
 
-    worker = await WorkerParts.start(settings, db)
-    if worker.bounce_receiver is not None:
-        sink.send_bounces_to(worker.bounce_receiver.host, worker.bounce_receiver.port)
-    dispatcher = build_dispatcher(
-        settings, db, worker.channels, poll_interval_s=settings.poll_interval_s
-    )
-    rt = Runtime.build(settings, db=db, on_commit=dispatcher.wake)
-    rt.simulators["smtp"] = sink
-    rt.simulators["smsc"] = smsc
-    app = create_app(rt, manage_lifecycle=False)
-    server = DevServer(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            log_config=None,  # uvicorn's records go to the masked root handler (logging_setup.py)
-            access_log=False,
-            server_header=False,
-            lifespan="on",
-        )
-    )
-    loop = asyncio.get_running_loop()
+    A signal during start-up lets the step under way finish (a migration is never cut short)
+    and then stops start-up; what has started is closed as on any other shutdown. Once the
+    API and the dispatcher run, a signal stops both; a second one stops waiting for open API
+    connections (the worker's clean-up, like `amnex worker`'s, still runs to the end).
+    """
 
-    def stop(sig: signal.Signals) -> None:
-        if server.should_exit:
-            # Asked again: stop waiting for open API connections (the worker's clean-up,
-            # like `amnex worker`'s, still runs to the end).
-            server.force_exit = True
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: DevServer | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        if self.requested:
+            if self.server is not None:
+                self.server.force_exit = True
         else:
             log.info("%s received: shutting down", sig.name)
-        server.should_exit = True
-        dispatcher.stop()
+            self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
 
+
+async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "info") -> None:
+    signals = _StopSignals()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
-    api_url = f"http://{host}:{port}"
-    dispatch_task: asyncio.Task[None] | None = None
+        loop.add_signal_handler(sig, signals, sig)
     try:
+        await _start_and_serve(host, port, data_dir, log_level, signals)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("amnex dev stopped")
+
+
+async def _start_and_serve(
+    host: str, port: int, data_dir: Path, log_level: str, signals: _StopSignals
+) -> None:
+    """Start everything, serve until `signals` asks to stop, then close what was started.
+
+    Each part that starts registers its clean-up on the stack, so that the stack unwinds in
+    the order of `amnex worker`: stop claiming and drain the sends in flight, then unbind,
+    give the bind leases back and close.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
+        sink = SmtpSink(host="127.0.0.1", port=0)
+        await sink.start()
+        stack.push_async_callback(sink.stop)
+        smsc = SmscSimulator(host="127.0.0.1", port=0)
+        await smsc.start()
+        stack.push_async_callback(smsc.stop)
+        settings = dev_settings(data_dir, sink)
+        if settings.public_url is None:
+            # Unsubscribe links in marketing email point at this server.
+            settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+        db = Database(settings)
+        stack.push_async_callback(db.dispose)
+        await upgrade_database(db)
+        dev_json = data_dir / "dev.json"
+        creds = await bootstrap_demo(db, _read_previous(dev_json))
+        await bootstrap_smsc_route(db, SecretBox.from_settings(settings), smsc)
+        if signals.requested:
+            return
+
+        worker = await WorkerParts.start(settings, db)
+        stack.push_async_callback(worker.close)
+        if signals.requested:
+            return
+        if worker.bounce_receiver is not None:
+            sink.send_bounces_to(worker.bounce_receiver.host, worker.bounce_receiver.port)
+        dispatcher = build_dispatcher(
+            settings, db, worker.channels, poll_interval_s=settings.poll_interval_s
+        )
+        rt = Runtime.build(settings, db=db, on_commit=dispatcher.wake)
+        rt.simulators["smtp"] = sink
+        rt.simulators["smsc"] = smsc
+        stack.push_async_callback(rt.close, dispose_db=False)
+        app = create_app(rt, manage_lifecycle=False)
+        server = DevServer(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                log_config=None,  # uvicorn's records go to the masked root handler
+                access_log=False,
+                server_header=False,
+                lifespan="on",
+            )
+        )
+        signals.server = server
+        signals.dispatcher = dispatcher
+        api_url = f"http://{host}:{port}"
         _write_private(
             dev_json,
             json.dumps(
@@ -309,8 +355,11 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
             + "\n",
         )
         await rt.start()
+        if signals.requested:
+            return
         tune_gc_for_serving()
         dispatch_task = asyncio.create_task(dispatcher.run(), name="dispatcher")
+        stack.push_async_callback(_stop_dispatcher, dispatcher, dispatch_task)
         print(  # noqa: T201 - the dev command talks to the person who ran it
             f"\nAmnex dev is running at {api_url}  (API docs: {api_url}/docs)\n"
             f"Credentials: {dev_json}\n\n"
@@ -321,24 +370,16 @@ async def run_dev(host: str, port: int, data_dir: Path, *, log_level: str = "inf
             flush=True,
         )
         await server.serve()
-    finally:
-        try:
-            # The order of `amnex worker`: stop claiming and drain the sends in flight, then
-            # unbind, give the bind leases back and close.
-            dispatcher.stop()
-            if dispatch_task is not None:
-                try:
-                    await dispatch_task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
-                    log.exception("the dispatcher failed")
-            await rt.close(dispose_db=False)
-            await worker.close()
-            await smsc.stop()
-            await sink.stop()
-            await db.dispose()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-    log.info("amnex dev stopped")
+
+
+async def _stop_dispatcher(dispatcher: Dispatcher, task: asyncio.Task[None]) -> None:
+    """Stop claiming and wait for the sends in flight (the dispatcher's shutdown grace)."""
+    dispatcher.stop()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # `run_dev` itself is being cancelled, not only the dispatcher
+    except Exception:
+        log.exception("the dispatcher failed")

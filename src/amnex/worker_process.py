@@ -28,7 +28,6 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import prometheus_client
 import redis.asyncio
-from sqlalchemy import text
 
 from amnex.api.problems import PROBLEM_JSON, problem_body
 from amnex.carriers.leases import BindLeaseKeeper, lease_owner_id
@@ -43,6 +42,15 @@ from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
 from amnex.email.receiver import BounceReceiver
+from amnex.health import (
+    CHECK_TIMEOUT_S,
+    NOT_READY_HEADERS,
+    OK,
+    check_database,
+    check_redis,
+    is_ready,
+    not_ready_problem,
+)
 from amnex.messages.idempotency import purge_expired_idempotency_keys
 from amnex.privacy.content import ContentKeyring, WrongMasterKey
 from amnex.privacy.crypto import SecretBox
@@ -78,7 +86,6 @@ async def housekeeping(db: Database, *, interval_s: float = HOUSEKEEPING_INTERVA
 READY_CHECK_INTERVAL_S: Final = 1.0
 # The database must have answered a check this recently for the worker to be ready.
 READY_DATABASE_FRESH_S: Final = 5.0
-_CHECK_TIMEOUT_S: Final = 2.0
 _NOT_CHECKED: Final = "unavailable: not checked yet"
 
 
@@ -124,15 +131,14 @@ class WorkerReadiness:
     async def check_once(self) -> None:
         database_ok_at = self._checked.database_ok_at
         database_error: str | None = None
-        try:
-            async with asyncio.timeout(_CHECK_TIMEOUT_S), self._db.read_session() as session:
-                await session.execute(text("SELECT 1"))
+        database = await check_database(self._db)
+        if database == OK:
             database_ok_at = self._clock()
-        except Exception as exc:
-            database_error = f"unavailable: {type(exc).__name__}"
+        else:
+            database_error = database
         redis_state: str | None = None
         if self._redis_url:
-            redis_state = "ok" if await self._ping_redis(self._redis_url) else "unavailable"
+            redis_state = await check_redis(self._redis_client(self._redis_url).ping)
         checked = _Checked(database_ok_at, database_error, redis_state, self._unbound())
         with self._lock:
             self._checked = checked
@@ -165,7 +171,7 @@ class WorkerReadiness:
         if checked.redis is not None:
             checks["redis"] = checked.redis
         checks["binds"] = "unbound: " + ", ".join(checked.unbound) if checked.unbound else "ok"
-        return all(v == "ok" for v in checks.values()), checks
+        return is_ready(checks), checks
 
     def _unbound(self) -> tuple[str, ...]:
         if self._leases is None:
@@ -178,16 +184,12 @@ class WorkerReadiness:
                 unbound.append(connector_id)
         return tuple(sorted(unbound))
 
-    async def _ping_redis(self, url: str) -> bool:
+    def _redis_client(self, url: str) -> redis.asyncio.Redis:
         if self._redis is None:
             self._redis = redis.asyncio.Redis.from_url(
-                url, socket_timeout=_CHECK_TIMEOUT_S, socket_connect_timeout=_CHECK_TIMEOUT_S
+                url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
             )
-        try:
-            async with asyncio.timeout(_CHECK_TIMEOUT_S):
-                return bool(await self._redis.ping())
-        except Exception:
-            return False
+        return self._redis
 
 
 def health_app(readiness: WorkerReadiness | None) -> WSGIApplication:
@@ -202,21 +204,13 @@ def health_app(readiness: WorkerReadiness | None) -> WSGIApplication:
             ready, checks = (False, {}) if readiness is None else readiness.report()
             if ready:
                 return _json(start_response, "200 OK", {"status": "ok", "checks": checks})
-            body = problem_body(
-                code="not_ready",
-                status=503,
-                title="Not ready",
-                detail=", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
-                or "readiness is not checked in this process",
-                instance=path,
-                checks=checks,
-            )
+            body = problem_body(instance=path, **not_ready_problem(checks))
             return _json(
                 start_response,
                 "503 Service Unavailable",
                 body,
                 content_type=PROBLEM_JSON,
-                headers=[("Retry-After", "1")],
+                headers=list(NOT_READY_HEADERS.items()),
             )
         page: Iterable[bytes] = metrics(environ, start_response)
         return page

@@ -101,3 +101,35 @@ async def test_dev_gives_back_its_leases_and_exits_0_when_asked_to_stop(
     assert "released 1 leases at shutdown" in log
     assert "released 1 bind leases" in log
     assert "amnex dev stopped" in log
+
+
+@pytest.mark.slow
+async def test_dev_stopped_during_start_up_exits_0_and_holds_no_bind_leases(
+    tmp_path: Path,
+) -> None:
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    data_dir = tmp_path / "amnex-dev"
+    proc = start_dev(data_dir, port)
+    try:
+        # Given a process that has begun starting up (its first log line comes from the
+        # migrations, before the worker binds)
+        assert proc.stdout is not None
+        first_line = await asyncio.to_thread(proc.stdout.readline)
+        assert first_line, "amnex dev exited before logging anything"
+
+        # When it is asked to stop before start-up has finished
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (first_line + rest).decode()
+
+    # Then it stops in order, whichever step it had reached: exit 0, no bind slot held
+    assert proc.returncode == 0, log[-3000:]
+    assert "SIGTERM received: shutting down" in log
+    assert "amnex dev stopped" in log
+    assert _rows(data_dir / "amnex.db", "SELECT * FROM bind_leases") == []
+    assert _rows(data_dir / "amnex.db", "SELECT * FROM bind_lease_workers") == []

@@ -8,11 +8,12 @@ Redis outages. The first failure logs one warning; while Redis stays away reques
 through without asking it, except one call per `probe_interval_s` that tries again, so an
 outage neither floods the log nor makes every request wait for a connection attempt. The
 first call that succeeds logs one info line, and limits are enforced from then on. The
-client's sockets have timeouts (a Redis that stops answering stalls a request for at most
-`REDIS_TIMEOUT_S`), a command on a pooled connection that turns out dead is retried once on
-a new one (a restarted Redis closed them all), and a connection idle for
-`REDIS_HEALTH_CHECK_S` is pinged before use. Options in the Redis URL (`?socket_timeout=2`)
-override these.
+client's sockets have timeouts: a connect or a read gives up after `REDIS_TIMEOUT_S`. A
+command on a pooled connection that turns out dead is retried once on a new one (a restarted
+Redis closed them all), and a connection idle for `REDIS_HEALTH_CHECK_S` is pinged before
+use; so a Redis that stops answering stalls a request for up to about twice
+`REDIS_TIMEOUT_S` (one try and one retry, or a health-check ping and the command), not
+longer. Options in the Redis URL (`?socket_timeout=2`) override these.
 """
 
 from __future__ import annotations

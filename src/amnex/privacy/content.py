@@ -101,11 +101,18 @@ class ContentKeyring(SharedKeyring):
         A process that runs the API and a worker (`amnex dev`) shares one keyring: a second
         start on the same database returns the installed one.
         """
-        if _RING is not None and _RING.shares(db):
-            return _RING
-        ring = cls(db, box, period_s=period_s)
+        return await cls._start_or_join(db, lambda: cls(db, box, period_s=period_s))
+
+    @classmethod
+    def _installed(cls) -> ContentKeyring | None:
+        return _RING
+
+    def _install(self) -> None:
+        install(self)
+
+    async def _first_load(self) -> None:
         try:
-            await ring.refresh()
+            await self.refresh()
         except CryptoError as exc:
             # Never write under keys this process cannot open, nor beside them: stop here.
             raise WrongMasterKey(
@@ -117,9 +124,6 @@ class ContentKeyring(SharedKeyring):
             # The database may be away at start (the API still answers /readyz): content
             # waits, as writes do, until the keys load on the next try.
             log.warning("content keys not loaded yet (%s); retrying", type(exc).__name__)
-        install(ring)
-        ring.keep_fresh()
-        return ring
 
     def _loaded(self) -> bool:
         return bool(self._keys)

@@ -149,22 +149,26 @@ class AddressKeyring(SharedKeyring):
         A wrong master key stops the process (`WrongMasterKey`); a database that is away only
         delays the keys (retried every second; until then sealing answers 503).
         """
+        return await cls._start_or_join(db, lambda: cls(db, box))
+
+    @classmethod
+    def _installed(cls) -> AddressKeyring | None:
+        return _RING
+
+    def _install(self) -> None:
+        install(self)
+
+    async def _first_load(self) -> None:
         from amnex.privacy.content import WrongMasterKey
 
-        if _RING is not None and _RING.shares(db):
-            return _RING
-        ring = cls(db, box)
         try:
-            await ring._load()
+            await self._load()
         except (IndexModeMismatch, WrongMasterKey):
             raise
         except Exception as exc:
             # The database may be away at start (the API still answers /readyz): whatever
             # needs an address answers 503 `keys_unavailable` until the keys load.
             log.warning("address keys not loaded yet (%s); retrying", type(exc).__name__)
-        install(ring)
-        ring.keep_fresh()
-        return ring
 
     @classmethod
     async def opened(cls, db: Database, box: KeyWrapper) -> AddressKeyring:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
 from amnex.api.deps import runtime
 from amnex.api.problems import problem_response
+from amnex.health import (
+    NOT_READY_HEADERS,
+    check_database,
+    check_redis,
+    is_ready,
+    not_ready_problem,
+)
 
 router = APIRouter(tags=["health"])
 
@@ -21,26 +27,12 @@ async def healthz() -> JSONResponse:
 @router.get("/readyz", summary="The database (and Redis, when configured) answer")
 async def readyz(request: Request) -> Response:
     rt = runtime(request)
-    checks: dict[str, str] = {}
-    try:
-        async with rt.db.read_session() as session:
-            await session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+    checks = {"database": await check_database(rt.db)}
     if rt.settings.redis_url:
-        checks["redis"] = "ok" if await rt.limiter.check_storage() else "unavailable"
-    if all(v == "ok" for v in checks.values()):
+        checks["redis"] = await check_redis(rt.limiter.check_storage)
+    if is_ready(checks):
         return JSONResponse({"status": "ok", "checks": checks})
-    return problem_response(
-        request,
-        code="not_ready",
-        status=503,
-        title="Not ready",
-        detail=", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
-        headers={"Retry-After": "1"},
-        checks=checks,
-    )
+    return problem_response(request, headers=dict(NOT_READY_HEADERS), **not_ready_problem(checks))
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
