@@ -337,14 +337,16 @@ async def test_a_slow_send_keeps_its_lease_and_is_not_sent_twice(
 ) -> None:
     # Given a carrier that takes three lease periods to answer
     channel.block = asyncio.Event()
-    short = settings.model_copy(update={"lease_s": 0.3})
+    # (a 1 s lease renewed every third of it: a renewal must be 0.6 s late to lose it, which
+    # a loaded CI machine does reach with shorter leases)
+    short = settings.model_copy(update={"lease_s": 1.0})
     first = build_dispatcher(short, db, {"email": channel}, poll_interval_s=0.02)
     second = build_dispatcher(short, db, {"email": channel}, poll_interval_s=0.02)
     tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
     try:
         message_id = await accept(db, account, "slow@example.com")
         await until_status(db, message_id, "sending")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)
         # Then nobody reclaimed it meanwhile: one call, one sending event
         assert len(channel.calls) == 1
         channel.block.set()

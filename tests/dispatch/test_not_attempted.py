@@ -159,6 +159,37 @@ async def test_the_claim_passes_over_what_this_worker_cannot_send_and_looks_past
         assert [e.status for e in await events(db, message_id)] == ["queued"]
 
 
+async def test_a_backlog_for_a_connector_held_elsewhere_is_not_even_read(
+    db: Database, account: AccountHandle
+) -> None:
+    # Given more messages for a connector another worker holds than three claims would read,
+    # ahead of one this worker can send
+    blocked = await accept(db, account, *(f"x{n}@example.com" for n in range(12)))
+    async with db.unit_of_work() as session:
+        await session.execute(
+            update(Message).where(Message.id.in_(blocked)).values(connector_id="con_elsewhere")
+        )
+    (sendable,) = await accept(db, account, "here@example.com")
+
+    # When it claims two, leaving out that connector's messages
+    async with db.unit_of_work() as session:
+        taken = await claim.claim_due_messages(
+            session,
+            owner="worker-a",
+            limit=2,
+            lease_s=30,
+            now=utc_now(),
+            can_attempt=only("here@example.com"),
+            exclude_connectors={"con_elsewhere"},
+        )
+
+    # Then it takes the one it can send at once, and the backlog stays as it was
+    assert [c.outbound.id for c in taken] == [sendable]
+    for message_id in blocked:
+        message = await load(db, message_id)
+        assert (message.status, message.attempts, message.lease_owner) == ("queued", 0, None)
+
+
 async def test_an_expired_message_fails_even_on_a_worker_that_cannot_send_it(
     db: Database, account: AccountHandle
 ) -> None:
@@ -419,8 +450,10 @@ async def test_the_sms_channel_says_when_it_holds_no_bind_of_a_route(
             attempt=1,
         )
 
-        # Then it asks not to be given the message, and refuses it untried if it is
+        # Then it asks not to be given the message, leaves the connector's messages out of
+        # its claims, and refuses the message untried if it is given it
         assert channel.can_attempt(account.account_id, message.to_addr) is False
+        assert channel.connectors_not_here() == {connector_id}
         with pytest.raises(NotAttempted) as refused:
             await channel.send(message)
         assert refused.value.code == "no_bind_here"

@@ -299,6 +299,8 @@ class BindLeaseKeeper:
         self.ttl_s = ttl_s
         self.renew_s = renew_s
         self._held: dict[str, frozenset[int]] = {}
+        # Connectors of which another live worker holds a slot, at the last renewal.
+        self.held_elsewhere: frozenset[str] = frozenset()
         self._valid_until = -math.inf  # loop time: held slots are usable until then
         self.version = 0
         self._changed = asyncio.Event()
@@ -328,8 +330,16 @@ class BindLeaseKeeper:
         try:
             async with asyncio.timeout(self.renew_s):
                 async with self._db.unit_of_work() as session:
+                    now = utc_now()
                     held = await balance_bind_leases(
-                        session, owner=self.owner, now=utc_now(), ttl_s=self.ttl_s
+                        session, owner=self.owner, now=now, ttl_s=self.ttl_s
+                    )
+                    elsewhere = frozenset(
+                        await session.scalars(
+                            select(BindLease.connector_id)
+                            .where(BindLease.owner != self.owner, BindLease.expires_at > now)
+                            .distinct()
+                        )
                     )
         except Exception as exc:
             log.warning("renewing bind leases failed (%s)", type(exc).__name__)
@@ -341,6 +351,7 @@ class BindLeaseKeeper:
             return
         # The lease ends ttl_s after the write; counted from before it, to be early, not late.
         self._valid_until = started + self.ttl_s
+        self.held_elsewhere = elsewhere
         self._set(held)
 
     async def close(self) -> None:

@@ -92,6 +92,15 @@ class RouteTable:
             return None
         return next((cid for cid in route.connector_ids if cid in self.enabled_connectors), None)
 
+    def connectors_behind(self, channel: str, primary: str) -> frozenset[str]:
+        """Every enabled connector of the routes whose first enabled connector is `primary`
+        (`primary` included): where a message routed to `primary` at accept may go."""
+        behind = {primary}
+        for route in self._by_channel.get(channel, ()):
+            if self.primary_connector(route) == primary:
+                behind.update(c for c in route.connector_ids if c in self.enabled_connectors)
+        return frozenset(behind)
+
     def connectors_for(self, channel: str, account_id: str, to: str) -> tuple[str, ...]:
         """The enabled connectors to try, in order; empty when nothing routes the message."""
         route = self.best_route(channel, account_id, to)

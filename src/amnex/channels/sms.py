@@ -118,6 +118,23 @@ class SmsChannel:
         # No route fails the same on every worker, at once (`send`): nothing to leave.
         return not candidates or any(self._holds_slot(leases, c) for c in candidates)
 
+    def connectors_not_here(self) -> frozenset[str]:
+        """Connectors whose messages (by the connector they were routed to at accept) the
+        claim may leave out in SQL: another live worker holds slots of them, and this one
+        holds none of any connector such a message may go to. A connector nobody holds is
+        never left out, so its messages still reach `can_attempt` and `send`."""
+        leases = self._leases
+        if leases is None:
+            return frozenset()
+        routes = self._routes.current
+        return frozenset(
+            connector_id
+            for connector_id in leases.held_elsewhere
+            if not any(
+                self._holds_slot(leases, c) for c in routes.connectors_behind("sms", connector_id)
+            )
+        )
+
     def _holds_slot(self, leases: BindLeaseKeeper, connector_id: str) -> bool:
         connector = self._connectors.get(connector_id)
         if connector is not None:

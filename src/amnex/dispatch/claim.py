@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.accounts.models import Account
@@ -100,15 +100,24 @@ async def claim_due_messages(
     now: datetime,
     can_attempt: CanAttempt | None = None,
     skip_ids: Collection[str] = (),
+    exclude_connectors: Collection[str] = (),
 ) -> list[ClaimedMessage]:
     """Take up to `limit` due messages under a lease held by `owner`; expired ones fail here.
 
     Messages `can_attempt` says this worker cannot send, and those in `skip_ids`, are passed
-    over (left as they are). One SELECT, one UPDATE per kind of change (executemany) and one
-    INSERT of the events: a claim of hundreds of messages is a handful of statements.
+    over (left as they are); messages routed at accept to a connector in
+    `exclude_connectors` are not even read (another worker sends them), so a backlog for a
+    connector this worker cannot reach never stands between it and what it can send. One
+    SELECT, one UPDATE per kind of change (executemany) and one INSERT of the events: a claim
+    of hundreds of messages is a handful of statements.
     """
     rows, recipients = await _due_rows(
-        session, limit=limit, now=now, can_attempt=can_attempt, skip_ids=skip_ids
+        session,
+        limit=limit,
+        now=now,
+        can_attempt=can_attempt,
+        skip_ids=skip_ids,
+        exclude_connectors=exclude_connectors,
     )
     lease_until = now + timedelta(seconds=lease_s)
     claimed: list[ClaimedMessage] = []
@@ -214,6 +223,7 @@ async def _due_rows(
     now: datetime,
     can_attempt: CanAttempt | None,
     skip_ids: Collection[str],
+    exclude_connectors: Collection[str] = (),
 ) -> tuple[list[Any], dict[str, str]]:
     """Up to `limit` due rows, locked, that this worker can send (or must settle: an expired
     one fails wherever it is claimed), oldest first; and their recipients in clear."""
@@ -226,6 +236,13 @@ async def _due_rows(
         .order_by(Message.next_attempt_at)
         .with_for_update(skip_locked=True)
     )
+    if exclude_connectors:
+        due = due.where(
+            or_(
+                Message.connector_id.is_(None),
+                Message.connector_id.not_in(sorted(exclude_connectors)),
+            )
+        )
     taken: list[Any] = []
     recipients: dict[str, str] = {}
     # Rows a claim locked stay visible to its own next SELECT: exclude them by id.

@@ -4,12 +4,12 @@ Design note. The loop claims only as many messages as it has free send slots, so
 claimed waits in memory behind other work. It sleeps until woken: by the in-process accept
 writer (`amnex dev`), by PostgreSQL `NOTIFY` (see `wakeup`), or by a poll timer
 (`poll_interval_s`, at most 100 ms, for separate processes on SQLite and for scheduled and
-retried messages whose time has come). A claim that came back short (the queue was
-drained) is followed by the next one no sooner than `claim_coalesce_s` (20 ms) later,
-however often it is woken: every worker hears every `NOTIFY` and every finished send frees a
-slot, and without that pause each would cost a claim query per message, per worker — CPU per
-message then grows with the number of workers. A full worker wakes when a slot frees; one
-with free slots does not (a finished send makes nothing new due).
+retried messages whose time has come), and when a send finishes (its slot is free, and a
+claim that came back short may have left rows it settled rather than took: expired,
+stopped, deferred). A claim that came back short is followed by the next one no sooner than
+`claim_coalesce_s` (20 ms) later, however often the loop is woken: every worker hears every
+`NOTIFY` and every finished send frees a slot, and without that pause each would cost a
+claim query per message, per worker.
 
 A channel that can tell which messages this worker cannot send at all (`AttemptFilter`: the
 SMS channel, for routes whose connectors it holds no bind of) is asked at each claim, which
@@ -65,6 +65,8 @@ class AttemptFilter(Protocol):
     """A channel that knows, before claiming, which messages this worker cannot send."""
 
     def can_attempt(self, account_id: str, to_addr: str) -> bool: ...
+
+    def connectors_not_here(self) -> frozenset[str]: ...
 
 
 def worker_name() -> str:
@@ -130,7 +132,7 @@ class Dispatcher:
             while not self._stopping.is_set():
                 free = self._concurrency - len(self._inflight)
                 if free <= 0:
-                    await self._sleep(until_slot_free=True)
+                    await self._sleep()
                     continue
                 pause_s = next_claim_at - loop.time()
                 if pause_s > 0:
@@ -141,7 +143,7 @@ class Dispatcher:
                 if claimed == wanted:
                     continue  # more may be due right now
                 next_claim_at = loop.time() + self._claim_coalesce_s
-                await self._sleep(until_slot_free=False)
+                await self._sleep()
         finally:
             await self._drain()
             await self._outcomes.close()
@@ -173,13 +175,14 @@ class Dispatcher:
             except Exception:
                 log.exception("renewing leases failed; retrying at the next beat")
 
-    async def _sleep(self, *, until_slot_free: bool) -> None:
-        """Until woken (new work may be due), a slot frees (when asked), or the poll timer."""
+    async def _sleep(self) -> None:
+        """Until woken (new work may be due), a slot frees, or the poll timer."""
         self._wakeup.clear()
         self._slot_free.clear()
-        waiters = [asyncio.ensure_future(self._wakeup.wait())]
-        if until_slot_free:
-            waiters.append(asyncio.ensure_future(self._slot_free.wait()))
+        waiters = [
+            asyncio.ensure_future(self._wakeup.wait()),
+            asyncio.ensure_future(self._slot_free.wait()),
+        ]
         try:
             await asyncio.wait(
                 waiters, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED
@@ -197,6 +200,13 @@ class Dispatcher:
         owner, lease_s = self.owner, self._lease_s
         can_attempt = self._attempt_filter()
         skip_ids = self._held_off_ids()
+        not_here = frozenset().union(
+            *(
+                c.connectors_not_here()
+                for c in self._channels.values()
+                if isinstance(c, AttemptFilter)
+            )
+        )
 
         async def work(session: AsyncSession) -> list[claim.ClaimedMessage]:
             return await claim.claim_due_messages(
@@ -207,6 +217,7 @@ class Dispatcher:
                 now=utc_now(),
                 can_attempt=can_attempt,
                 skip_ids=skip_ids,
+                exclude_connectors=not_here,
             )
 
         try:
