@@ -233,6 +233,7 @@ def db_upgrade(
     from amnex.clock import utc_now
     from amnex.db.engine import Database
     from amnex.db.migrate import (
+        UnknownRevision,
         current_revision,
         live_workers,
         migrations_after,
@@ -243,7 +244,10 @@ def db_upgrade(
     async def run() -> None:
         db = Database(_settings(config))
         try:
-            pending = migrations_after(await current_revision(db), revision)
+            try:
+                pending = migrations_after(await current_revision(db), revision)
+            except UnknownRevision as exc:
+                raise SystemExit(str(exc)) from None
             refusal = upgrade_refusal(pending, await live_workers(db, now=utc_now()))
             if refusal is not None and not force:
                 raise SystemExit(refusal)
@@ -262,13 +266,21 @@ def db_status(config: ConfigOption = None) -> None:
     """The schema's revision, the migrations pending (online or not) and the workers alive."""
     from amnex.clock import utc_now
     from amnex.db.engine import Database
-    from amnex.db.migrate import current_revision, live_workers, migrations_after
+    from amnex.db.migrate import (
+        UnknownRevision,
+        current_revision,
+        live_workers,
+        migrations_after,
+    )
 
     async def run() -> None:
         db = Database(_settings(config))
         try:
             current = await current_revision(db)
-            pending = migrations_after(current)
+            try:
+                pending = migrations_after(current)
+            except UnknownRevision as exc:
+                raise SystemExit(str(exc)) from None
             workers = await live_workers(db, now=utc_now())
         finally:
             await db.dispose()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from api_checks import EMAIL, assert_problem, count_messages
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from amnex.api.backpressure import Backpressure
 from amnex.clock import utc_now
@@ -267,8 +267,13 @@ async def test_the_count_ceiling_follows_max_queue_depth(
     assert sampler.due_cap == cap
 
 
+@pytest.mark.parametrize("waiting_for_a_retry", [False, True])
 async def test_sms_to_a_connector_over_its_backlog_get_503_while_other_routes_still_send(
-    settings: Settings, db: Database, account: AccountHandle, smsc: SmscSimulator
+    settings: Settings,
+    db: Database,
+    account: AccountHandle,
+    smsc: SmscSimulator,
+    waiting_for_a_retry: bool,
 ) -> None:
     # Given two carriers, one for +1 415 numbers and one for +1 212, and two SMS waiting for the
     # first (no worker runs here)
@@ -286,7 +291,16 @@ async def test_sms_to_a_connector_over_its_backlog_get_503_while_other_routes_st
                 "/v1/messages", headers=account.headers, json=sms(f"+1415555010{n}")
             )
             assert response.status_code == 201, response.text
-        await api.runtime.backpressure.refresh()
+        if waiting_for_a_retry:  # what a carrier that is down leaves: queued, not yet due
+            async with db.unit_of_work() as session:
+                await session.execute(
+                    update(Message)
+                    .where(Message.connector_id == busy)
+                    .values(next_attempt_at=utc_now() + timedelta(minutes=10))
+                )
+        sample = await api.runtime.backpressure.refresh()
+        assert sample is not None
+        assert sample.due == (0 if waiting_for_a_retry else 2)
 
         # When a third is sent to the busy carrier, one to the other carrier, and an email
         refused = await api.client.post(

@@ -26,6 +26,7 @@ from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.migrate import (
     Migration,
+    UnknownRevision,
     all_migrations,
     current_revision,
     live_workers,
@@ -96,6 +97,15 @@ def test_the_pending_migrations_are_those_after_the_current_revision() -> None:
     assert migrations_after(every[0].revision, every[2].revision) == every[1:3]
 
 
+def test_an_unknown_revision_is_named_not_a_traceback() -> None:
+    newest = all_migrations()[-1].revision
+    with pytest.raises(UnknownRevision, match="upgraded by a newer version"):
+        migrations_after("9999")
+    with pytest.raises(UnknownRevision, match="unknown revision 'nope'"):
+        migrations_after(newest, "nope")
+    assert migrations_after(newest, "heads") == []
+
+
 def test_a_migration_that_is_not_online_waits_for_the_workers_to_stop() -> None:
     online = Migration(revision="0100", title="a new table", online=True)
     offline = Migration(revision="0101", title="a column dropped", online=False)
@@ -106,6 +116,7 @@ def test_a_migration_that_is_not_online_waits_for_the_workers_to_stop() -> None:
     assert refusal is not None
     assert "2 worker(s)" in refusal
     assert "0101 (a column dropped)" in refusal
+    assert "API processes" in refusal
     assert "0100" not in refusal
 
 

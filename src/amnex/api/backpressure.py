@@ -18,7 +18,10 @@ so memory stays flat however hard clients push.
 2. Only when the depth reaches `max_account_backlog` (below it no account can) and the queue is
    not full (then every send is refused anyway): the same capped range grouped by account,
    keeping only the accounts at or over the limit; likewise by connector (`connector_id`, the
-   connector an SMS was routed to at accept) once the depth reaches `max_connector_backlog`.
+   connector an SMS was routed to at accept) once the messages waiting — due, or `queued`
+   for a later retry, which is where a carrier that is down leaves them — reach
+   `max_connector_backlog` (a third capped count in the first statement, taken only when
+   that limit is set).
    The range then holds every due row, so the counts are exact. These read table rows, not
    just the index (about 0.15 s for 60,000 due rows on SQLite), so together they run at most
    `GROUPING_DUTY` of the time: after groupings that took `d`, the next wait `d /
@@ -47,7 +50,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, or_, select
 
 from amnex.clock import utc_now
 from amnex.config import Settings
@@ -275,12 +278,26 @@ class Backpressure:
             )
             .scalar_subquery()
         )
+        # A connector's backlog also holds what waits for a retry (a carrier that is down
+        # sends its messages back to `queued` with a later `next_attempt_at`): not yet due,
+        # still owed to that connector.
+        waiting = or_(
+            Message.status == Status.QUEUED.value,
+            and_(Message.status == Status.SCHEDULED.value, Message.next_attempt_at <= now),
+        )
+        waiting_count = (
+            select(func.count())
+            .select_from(select(Message.next_attempt_at).where(waiting).limit(cap).subquery())
+            .scalar_subquery()
+            if self.max_connector_backlog
+            else literal(0)
+        )
         async with self._db.read_session() as session:
-            row = (await session.execute(select(depth, webhooks, *oldest))).one()
+            row = (await session.execute(select(depth, webhooks, waiting_count, *oldest))).one()
             due_count = int(row[0] or 0)
             by_account = bool(self.max_account_backlog) and due_count >= self.max_account_backlog
             by_connector = (
-                bool(self.max_connector_backlog) and due_count >= self.max_connector_backlog
+                bool(self.max_connector_backlog) and int(row[2] or 0) >= self.max_connector_backlog
             )
             if not by_account:
                 self._grouped = frozenset()  # below the limit no account can be over it
@@ -295,28 +312,32 @@ class Backpressure:
                 and time.monotonic() >= self._next_grouping
             ):
                 started = time.monotonic()
-                backlog = select(Message.account_id, Message.connector_id).where(due).limit(cap)
-                rows = backlog.subquery()
                 if by_account:
+                    accounts = select(Message.account_id).where(due).limit(cap).subquery()
                     self._grouped = frozenset(
                         await session.scalars(
-                            select(rows.c.account_id)
-                            .group_by(rows.c.account_id)
+                            select(accounts.c.account_id)
+                            .group_by(accounts.c.account_id)
                             .having(func.count() >= self.max_account_backlog)
                         )
                     )
                 if by_connector:
+                    connectors = (
+                        select(Message.connector_id)
+                        .where(waiting, Message.connector_id.is_not(None))
+                        .limit(cap)
+                        .subquery()
+                    )
                     self._grouped_connectors = frozenset(
                         await session.scalars(
-                            select(rows.c.connector_id)
-                            .where(rows.c.connector_id.is_not(None))
-                            .group_by(rows.c.connector_id)
+                            select(connectors.c.connector_id)
+                            .group_by(connectors.c.connector_id)
                             .having(func.count() >= self.max_connector_backlog)
                         )
                     )
                 ended = time.monotonic()
                 self._next_grouping = ended + (ended - started) / GROUPING_DUTY
-        times = [t for t in row[2:] if t is not None]
+        times = [t for t in row[3:] if t is not None]
         return QueueSample(
             at=now,
             due=due_count,

@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -76,18 +76,36 @@ async def current_revision(db: Database) -> str | None:
         return await conn.run_sync(_current)
 
 
+class UnknownRevision(ValueError):
+    """A revision this version's migrations do not contain (a typo, or a database upgraded
+    by a newer version)."""
+
+
 def migrations_after(current: str | None, target: str = "head") -> list[Migration]:
-    """The migrations an upgrade from `current` to `target` applies, oldest first."""
+    """The migrations an upgrade from `current` to `target` applies, oldest first.
+
+    `target` is `head` (or `heads`) or a revision id; raises UnknownRevision for anything
+    else, and for a `current` this version does not know."""
     every = all_migrations()
     revisions = [m.revision for m in every]
+    if current is not None and current not in revisions:
+        raise UnknownRevision(
+            f"the database is at revision {current}, which this version of Amnex does not "
+            "know: it was upgraded by a newer version"
+        )
+    if target not in ("head", "heads") and target not in revisions:
+        raise UnknownRevision(
+            f"unknown revision {target!r}; known: {', '.join(revisions)} (or head)"
+        )
     start = revisions.index(current) + 1 if current is not None else 0
-    end = len(every) if target == "head" else revisions.index(target) + 1
+    end = len(every) if target in ("head", "heads") else revisions.index(target) + 1
     return every[start:end]
 
 
 async def live_workers(db: Database, *, now: datetime) -> list[str]:
     """Owners of workers alive now (their presence in `bind_lease_workers` not expired);
     empty on a schema from before that table, whose workers cannot be seen."""
+    from amnex.carriers.leases import BindLeaseWorker
 
     def _has_table(connection: Connection) -> bool:
         return inspect(connection).has_table("bind_lease_workers")
@@ -95,11 +113,13 @@ async def live_workers(db: Database, *, now: datetime) -> list[str]:
     async with db.read_engine.connect() as conn:
         if not await conn.run_sync(_has_table):
             return []
-        rows = await conn.execute(
-            text("SELECT owner FROM bind_lease_workers WHERE expires_at > :now ORDER BY owner"),
-            {"now": now},
+    async with db.read_session() as session:
+        rows = await session.scalars(
+            select(BindLeaseWorker.owner)
+            .where(BindLeaseWorker.expires_at > now)
+            .order_by(BindLeaseWorker.owner)
         )
-        return list(rows.scalars())
+        return list(rows)
 
 
 def upgrade_refusal(pending: list[Migration], workers: list[str]) -> str | None:
@@ -111,7 +131,8 @@ def upgrade_refusal(pending: list[Migration], workers: list[str]) -> str | None:
     names = ", ".join(f"{m.revision} ({m.title})" for m in offline)
     return (
         f"{len(workers)} worker(s) running ({', '.join(workers)}), and these migrations are "
-        f"not safe while they run: {names}. Stop the workers (they give their work back), "
+        f"not safe while processes of the previous version run: {names}. Stop the workers "
+        "(they give their work back) and the API processes (this check cannot see them), "
         "then run `amnex db upgrade` again (or pass --force)."
     )
 
