@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from api_checks import EMAIL, assert_problem, count_messages, stored_counts
+from sqlalchemy import update
 
+from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
+from amnex.messages.models import IdempotencyRecord
 from support import AccountHandle, make_account, serve_api
 
 
@@ -135,3 +139,53 @@ async def test_malformed_idempotency_key_is_a_bad_request(
         response = await api.client.post("/v1/messages", headers=with_key(account, key), json=EMAIL)
     assert "Idempotency-Key" in assert_problem(response, 400, "invalid_request")["detail"]
     assert await stored_counts(db) == (0, 0, 0)
+
+
+async def test_a_retry_refused_now_still_gets_the_answer_the_send_got(
+    settings: Settings, db: Database, account: AccountHandle
+) -> None:
+    # Given a send accepted with a key, then the recipient opting out
+    async with serve_api(settings, db) as api:
+        first = await api.client.post(
+            "/v1/messages", headers=with_key(account, "order-B-1"), json=EMAIL
+        )
+        opted_out = await api.client.post(
+            "/v1/opt-outs",
+            headers=account.headers,
+            json={"channel": "email", "address": EMAIL["to"]},
+        )
+        assert opted_out.status_code == 201, opted_out.text
+
+        # When the same request is retried with its key, and sent again without one
+        again = await api.client.post(
+            "/v1/messages", headers=with_key(account, "order-B-1"), json=EMAIL
+        )
+        fresh = await api.client.post("/v1/messages", headers=account.headers, json=EMAIL)
+
+    # Then the retry gets the original answer, and only a new send is refused
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert_problem(fresh, 422, "recipient_opted_out")
+    assert await count_messages(db) == 1
+
+
+async def test_an_expired_key_is_free_for_a_new_message(
+    settings: Settings, db: Database, account: AccountHandle
+) -> None:
+    async with serve_api(settings, db) as api:
+        first = await api.client.post(
+            "/v1/messages", headers=with_key(account, "order-C-1"), json=EMAIL
+        )
+        # Given the key's record past its expiry, not purged yet
+        async with db.unit_of_work() as session:
+            await session.execute(
+                update(IdempotencyRecord).values(expires_at=utc_now() - timedelta(seconds=1))
+            )
+        again = await api.client.post(
+            "/v1/messages", headers=with_key(account, "order-C-1"), json=EMAIL
+        )
+    assert again.status_code == 201, again.text
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["id"] != first.json()["id"]
+    assert await count_messages(db) == 2

@@ -16,7 +16,13 @@ from amnex.channels.smpp.text import prepare_text
 from amnex.clock import utc_now
 from amnex.compliance.gate import decide
 from amnex.compliance.verdict import Defer, Reject
-from amnex.errors import AmnexError, ComplianceRejected, IdempotencyKeyReused, InvalidRequest
+from amnex.errors import (
+    AmnexError,
+    ComplianceRejected,
+    Conflict,
+    IdempotencyKeyReused,
+    InvalidRequest,
+)
 from amnex.messages import idempotency
 from amnex.messages.accept import DuplicateIdempotencyKey
 from amnex.messages.models import IdempotencyRecord
@@ -105,16 +111,55 @@ async def send_message(request: Request) -> Response:
         request_hash = idempotency.hash_request(
             body.model_dump(mode="json", by_alias=True, exclude_unset=True)
         )
-        record = await idempotency.find_idempotency_record(rt.db, ctx.account_id, key_hash, now=now)
-        if record is not None:
-            return await _replay(request, ctx, record, request_hash)
-    try:
-        prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current, geo=rt.geo)
-        # The connector is known once the message is routed (api.backpressure).
-        rt.backpressure.check_connector(prepared.row["connector_id"])
-    except AmnexError as exc:
-        MESSAGES_REJECTED.labels(code=exc.code).inc()
-        raise
+    # An Idempotency-Key is looked up only when it matters — the key's row is inserted with
+    # the message, and a key already stored makes that insert conflict — not before every
+    # send: a read per request would cost the accept path as much as the rest of it.
+    for _ in range(2):
+        try:
+            prepared = await _accept(rt, ctx, body, now, key_hash, request_hash)
+        except DuplicateIdempotencyKey:
+            # Stored before, by an earlier or a concurrent request with this key.
+            record = await idempotency.find_idempotency_record(
+                rt.db, ctx.account_id, str(key_hash), now=now
+            )
+            if record is None:
+                continue  # it had expired (and is now deleted): the key is free again
+            return await _replay(request, ctx, record, str(request_hash))
+        except AmnexError as exc:
+            # Refused now (a recipient opted out since, a cap reached, ...): a retry of a send
+            # accepted earlier still gets its original answer.
+            if key_hash is not None:
+                record = await idempotency.find_idempotency_record(
+                    rt.db, ctx.account_id, key_hash, now=now
+                )
+                if record is not None:
+                    return await _replay(request, ctx, record, str(request_hash))
+            MESSAGES_REJECTED.labels(code=exc.code).inc()
+            raise
+        break
+    else:  # the key expired and was taken again twice in a row: let the client retry
+        raise Conflict("another request with this Idempotency-Key is being stored; retry")
+    _ACCEPTED[body.channel].inc()
+    return json_response(
+        request,
+        message_json(prepared.row, to=prepared.to),
+        status_code=201,
+        headers={"Location": f"/v1/messages/{prepared.row['id']}"},
+    )
+
+
+async def _accept(
+    rt: Runtime,
+    ctx: KeyContext,
+    body: SendMessageRequest,
+    now: datetime,
+    key_hash: str | None,
+    request_hash: str | None,
+) -> PreparedMessage:
+    """Prepare, check and store one message (with its idempotency key's row, if any)."""
+    prepared = prepare_message(ctx, body, now=now, routes=rt.routes.current, geo=rt.geo)
+    # The connector is known once the message is routed (api.backpressure).
+    rt.backpressure.check_connector(prepared.row["connector_id"])
     idem_row = None
     if key_hash is not None and request_hash is not None:
         idem_row = idempotency.idempotency_row(
@@ -128,29 +173,10 @@ async def send_message(request: Request) -> Response:
         )
     taken = await _take_quota(rt, ctx, prepared, now)
     try:
-        try:
-            prepared = await rt.writer.submit(prepared, idem_row)
-        except BaseException:
-            await give_back(rt.limiter, taken)  # not stored: not counted
-            raise
-    except ComplianceRejected as exc:
-        MESSAGES_REJECTED.labels(code=exc.code).inc()
+        return await rt.writer.submit(prepared, idem_row)
+    except BaseException:
+        await give_back(rt.limiter, taken)  # not stored: not counted
         raise
-    except DuplicateIdempotencyKey:
-        # A concurrent request with the same key committed first (so both hashes are set).
-        record = await idempotency.find_idempotency_record(
-            rt.db, ctx.account_id, str(key_hash), now=now
-        )
-        if record is None:
-            raise
-        return await _replay(request, ctx, record, str(request_hash))
-    _ACCEPTED[body.channel].inc()
-    return json_response(
-        request,
-        message_json(prepared.row, to=prepared.to),
-        status_code=201,
-        headers={"Location": f"/v1/messages/{prepared.row['id']}"},
-    )
 
 
 async def _take_quota(
@@ -159,17 +185,13 @@ async def _take_quota(
     settings = ctx.rules.settings
     if not (settings.daily_cap or settings.prefix_velocity_per_minute):
         return []
-    try:
-        return await take_sending_quota(
-            rt.limiter,
-            ctx.rules,
-            channel=prepared.row["channel"],
-            to=prepared.to,
-            now=now,
-        )
-    except AmnexError as exc:
-        MESSAGES_REJECTED.labels(code=exc.code).inc()
-        raise
+    return await take_sending_quota(
+        rt.limiter,
+        ctx.rules,
+        channel=prepared.row["channel"],
+        to=prepared.to,
+        now=now,
+    )
 
 
 async def _replay(
