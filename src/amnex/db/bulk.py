@@ -30,7 +30,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amnex.db.base import UTCDateTime
-from amnex.db.engine import Database, begin_immediate, is_transient_db_error, sqlite_pragmas
+from amnex.db.engine import (
+    Database,
+    begin_immediate,
+    is_transient_db_error,
+    is_transient_sqlstate,
+    sqlite_pragmas,
+)
 
 Batches = Sequence[tuple[Table, Sequence[dict[str, Any]]]]
 R = TypeVar("R")
@@ -250,6 +256,11 @@ class BulkInserter:
                         await driver.execute(f"NOTIFY {self._notify}")
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise BatchConflict(type(exc).__name__) from None
+        except asyncpg.PostgresError as exc:
+            # Too many clients, shutting down, starting up: the server, not the batch.
+            if is_transient_sqlstate(exc.sqlstate):
+                raise BatchUnavailable(type(exc).__name__) from None
+            raise
         except (
             OSError,
             asyncpg.PostgresConnectionError,

@@ -37,11 +37,27 @@ from sqlalchemy.util.concurrency import await_
 
 from amnex.config import Settings
 
+# SQLSTATE classes of a server that is away or out of room, not of a bad statement:
+# 08 connection exception, 53 insufficient resources ("too many clients", disk full),
+# 57P operator intervention (shutting down, starting up).
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P")
+
+
+def is_transient_sqlstate(code: object) -> bool:
+    return isinstance(code, str) and code.startswith(TRANSIENT_SQLSTATE_PREFIXES)
+
 
 def is_transient_db_error(exc: DBAPIError) -> bool:
-    """Connection-level failures and lock timeouts are worth retrying; bad SQL is not."""
+    """Connection-level failures, a server out of connections and lock timeouts are worth
+    retrying; bad SQL is not."""
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return True
+    orig = exc.orig
+    for cause in (orig, getattr(orig, "__cause__", None)):
+        if is_transient_sqlstate(
+            getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        ):
+            return True
     text = str(exc.orig).lower()
     return any(
         word in text
