@@ -32,6 +32,14 @@ Verdicts:
         [--workers 2] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
         [--redis-url redis://127.0.0.1:6379/7] [--json]
 
+`--overload`: the same, at `--fraction` 1.5 unless given, with `max_queue_depth` at
+`--max-queue-depth` (5,000): more than the workers can clear, so the due queue fills and the
+API answers `503 queue_full` instead of growing it. Its verdicts: RSS as above (memory stays
+flat while requests are refused), the sampled queue depth never above 1.5 x the limit (a
+sample is up to `backpressure_sample_s` old, so one interval's accepts can overshoot), some
+requests refused, and nothing but 201 and 503 answered; p99 and "load held" are reported,
+not judged.
+
 `--quick`: a 2,000-message probe, then 1 minute (about 2 minutes in all); its verdicts are
 indicative only. Exits 1 if a request got anything but 201, an accepted message did not end
 `delivered`, or (not in quick mode) a verdict fails; 2 without wrk.
@@ -101,6 +109,8 @@ class Soak:
     final: dict[str, int] = field(default_factory=dict)
     generator_cpu_us: float = 0.0
     error: str = ""
+    # --overload: the queue limit the API enforces; 503 queue_full is then an expected answer.
+    overload_depth: int | None = None
 
     @property
     def accepted(self) -> int:
@@ -112,12 +122,27 @@ class Soak:
 
     @property
     def correct(self) -> bool:
-        """Every request answered 201 and every accepted message delivered."""
+        """Every request answered 201 (or, overloaded, 503) and every accepted message
+        delivered."""
+        allowed = {201} if self.overload_depth is None else {201, 503}
         return (
             not self.error
             and self.scheduled > 0
-            and set(self.statuses) == {201}
+            and 201 in self.statuses
+            and set(self.statuses) <= allowed
             and self.final == {"delivered": self.accepted}
+        )
+
+    def queue_bounded(self) -> bool:
+        """Overloaded: the queue was refused (some 503s) and never sampled past 1.5 x the
+        limit."""
+        if self.overload_depth is None:
+            return True
+        depths = [s.queue_depth for s in self.samples if s.queue_depth is not None]
+        return (
+            self.statuses.get(503, 0) > 0
+            and bool(depths)
+            and max(depths) <= 1.5 * self.overload_depth
         )
 
 
@@ -307,13 +332,15 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
 
 def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
     soak = Soak(max_rate, max_rate * args.fraction, args.minutes * 60)
+    if args.overload:
+        soak.overload_depth = args.max_queue_depth
     cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
     try:
         cluster.create_database()
         env = {
             **process_env(args),
             # Backpressure as in production (bench/accept.py's environment turns it off).
-            "AMNEX_MAX_QUEUE_DEPTH": "200000",
+            "AMNEX_MAX_QUEUE_DEPTH": str(args.max_queue_depth if args.overload else 200_000),
             "AMNEX_MAX_ACCOUNT_BACKLOG": "50000",
             "AMNEX_MAX_CONNECTOR_BACKLOG": "100000",
         }
@@ -375,6 +402,13 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
             f"{statistics.median(s.machine_cores for s in soak.samples):.2f} cores "
             f"({statistics.median(sum(s.cores.values()) for s in soak.samples):.2f}) | |"
         )
+    if soak.overload_depth is not None:
+        depths = [s.queue_depth for s in soak.samples if s.queue_depth is not None]
+        lines.append(
+            f"| overload: refused 503 / queue depth max (limit {soak.overload_depth:,}) | "
+            f"{soak.statuses.get(503, 0):,} / {max(depths, default=0):,.0f} | "
+            f"{'bounded' if soak.queue_bounded() else 'NOT bounded'} |"
+        )
     lines.append(f"| load generator CPU | {soak.generator_cpu_us:.0f} µs/request | |")
     return "\n".join(lines)
 
@@ -422,7 +456,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--max-rate", type=float, default=None, help="skip the probe")
     parser.add_argument("--probe-messages", type=int, default=None, help="(10000; quick 2000)")
-    parser.add_argument("--fraction", type=float, default=0.8, help="of the maximum")
+    parser.add_argument("--fraction", type=float, default=None, help="of the maximum (0.8)")
+    parser.add_argument(
+        "--overload", action="store_true", help="past the maximum, with a low queue limit"
+    )
+    parser.add_argument(
+        "--max-queue-depth", type=int, default=5_000, help="the API's limit with --overload"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--cap-s", type=int, default=180, help="bound on the probe")
@@ -438,9 +478,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = parser.parse_args(argv)
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
+    args.fraction = args.fraction or (1.5 if args.overload else 0.8)
     args.probe_messages = args.probe_messages or (2_000 if args.quick else 10_000)
-    if not 0 < args.fraction <= 1 or args.minutes <= 0 or args.sample_s <= 0:
-        parser.error("--fraction in (0, 1], --minutes and --sample-s positive")
+    if not 0 < args.fraction <= (3 if args.overload else 1):
+        parser.error("--fraction in (0, 1], or (0, 3] with --overload")
+    if args.minutes <= 0 or args.sample_s <= 0 or args.max_queue_depth < 1:
+        parser.error("--minutes, --sample-s and --max-queue-depth positive")
     if args.minutes > 120:
         parser.error("--minutes: at most 120")
     if args.workers < 1 or args.probe_messages < args.connections:
@@ -465,12 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rss = rss_verdicts(soak)
     p99 = p99_verdict(soak)
     held = soak.achieved_rate >= 0.95 * soak.target_rate and soak.skipped == 0
-    verdicts_ok = held and all(r["ok"] for r in rss) and p99["ok"]
+    if args.overload:  # refusing is the point: judge memory and the queue's bound only
+        verdicts_ok = all(r["ok"] for r in rss) and soak.queue_bounded()
+    else:
+        verdicts_ok = held and all(r["ok"] for r in rss) and p99["ok"]
     ok = soak.correct and (args.quick or verdicts_ok)
     print()
     print(
         f"Soak on PostgreSQL, {args.workers} workers, {soak.duration_s / 60:g} min at "
-        f"{args.fraction:.0%} of the maximum — correctness {'PASS' if soak.correct else 'FAIL'}, "
+        f"{args.fraction:.0%} of the maximum"
+        + (f", max_queue_depth {args.max_queue_depth:,}" if args.overload else "")
+        + f" — correctness {'PASS' if soak.correct else 'FAIL'}, "
         f"verdicts {'PASS' if verdicts_ok else 'FAIL'}"
         + (" (quick mode: indicative only)" if args.quick else "")
     )

@@ -669,10 +669,12 @@ async def build_report(
 ) -> Report:
     """Every check of bench/chaos/README.md, from the database, the simulator and the receiver.
 
-    A duplicate submit is "explained" when a fault (`fault_times`: a kill, a disconnect) lies
-    between its first and its last submit_sm, or when the span from its first to its last
-    submit_sm overlaps a fault that lasts (`fault_spans`: a database outage, start and end):
-    only then may the first outcome be unknown.
+    A duplicate submit is "explained" when a fault (`fault_times`: a kill, a disconnect) or
+    the end of an SMPP connection (the simulator's record: whoever ended it — a killed
+    worker, a disconnect, or the ESME closing a bind whose answers stopped) lies between its
+    first and its last submit_sm, or when the span from its first to its last submit_sm
+    overlaps a fault that lasts (`fault_spans`: a database outage, start and end): only then
+    may the first outcome be unknown.
     """
     db = await read_db(cluster)
     stats = await control(client, cluster, "GET", "/stats")
@@ -707,6 +709,7 @@ async def build_report(
     report.info("submit_sm accepted by the SMSC", stats["submitted"])
     report.info("messages submitted at least once", len(submits))
     duplicated = {i: s for i, s in submits.items() if len(s) > 1}
+    fault_times = [*fault_times, *record.get("session_ends", [])]
     report.info(
         "duplicate submits: messages / extra submit_sm",
         f"{len(duplicated):,} / {sum(len(s) - 1 for s in duplicated.values()):,}",
@@ -720,7 +723,10 @@ async def build_report(
             for start, end in fault_spans
         )
     ]
-    report.must(f"duplicates with no {fault_kind} between their submits", len(unexplained))
+    report.must(
+        f"duplicates with no {fault_kind} or lost connection between their submits",
+        len(unexplained),
+    )
     if unknown_submits:
         report.must("submits of no message of this run", unknown_submits)
     delivered_ids = {m for m, s in db.messages.items() if s == "delivered"}

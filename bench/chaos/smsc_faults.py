@@ -5,17 +5,21 @@ bench/chaos/smsc_process.py, answering each submit_sm after `--response-delay-ms
 dropped connection catches submits in flight) on a fresh PostgreSQL database
 `amnex_chaos_<random>` created on the server of `--pg-url` and dropped at the end.
 `--messages` SMS go to the API at a steady `--rate`; every `--fault-every` seconds the
-simulator either aborts every SMPP connection (`disconnect_all`) or answers the next
-`--throttle-burst` submit_sm with ESME_RTHROTTLED (`throttle_next`), at random. After the load
+simulator either aborts every SMPP connection (`disconnect_all`) or answers every submit_sm
+with ESME_RTHROTTLED for `--throttle-ms` (a carrier over its agreed rate throttles for a
+time, whatever is sent meanwhile; `--throttle-burst N` throttles the next N submit_sm
+instead, whenever they come), at random. After the load
 it waits (at most `--wait-s`) until every message is final, no receipt is owed and every final
 message's webhook has arrived, then prints one table (bench/chaos/README.md).
 
     .venv/bin/python bench/chaos/smsc_faults.py [--quick] [--messages 20000] [--rate 300]
-        [--fault-every 2] [--throttle-burst 100] [--response-delay-ms 200] [--workers 3]
+        [--fault-every 2] [--throttle-ms 1000 | --throttle-burst N] [--response-delay-ms 200]
+        [--workers 3]
         [--pg-url postgresql://postgres@127.0.0.1:5432/test] [--wait-s 120] [--seed N]
 
 Exits 1 if a message is lost or not final, a receipt was not applied, a duplicate submit has
-no disconnect between its submits, or a final message's webhook never came.
+no disconnect or lost connection between its submits, or a final message's webhook never
+came.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ async def fault_loop(
     disconnects: list[float],
     throttles: list[float],
 ) -> None:
-    """Every `fault_every` seconds: drop every bind, or throttle the next burst of submits."""
+    """Every `fault_every` seconds: drop every bind, or throttle submits for a while (or the
+    next burst of them)."""
     rng, _ = rng_for(args.seed)
     while not stop.is_set():
         try:
@@ -63,7 +68,10 @@ async def fault_loop(
             await control(client, cluster, "POST", "/disconnect")
         else:
             throttles.append(time.time())
-            await control(client, cluster, "POST", f"/throttle/{args.throttle_burst}")
+            if args.throttle_burst:
+                await control(client, cluster, "POST", f"/throttle/{args.throttle_burst}")
+            else:
+                await control(client, cluster, "POST", f"/throttle-for/{args.throttle_ms}")
 
 
 async def scenario(cluster: Cluster, args: argparse.Namespace) -> bool:
@@ -104,7 +112,12 @@ async def scenario(cluster: Cluster, args: argparse.Namespace) -> bool:
                 fault_kind="disconnect",
                 extra=[
                     ("SMSC disconnects (every bind aborted)", len(disconnects)),
-                    (f"throttle bursts ({args.throttle_burst} submit_sm each)", len(throttles)),
+                    (
+                        f"throttle bursts ({args.throttle_burst} submit_sm each)"
+                        if args.throttle_burst
+                        else f"throttle bursts ({args.throttle_ms:,} ms each)",
+                        len(throttles),
+                    ),
                     ("workers alive at the end", cluster.workers_alive()),
                 ],
             )
@@ -122,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_options(parser)
     parser.add_argument("--fault-every", type=float, default=2.0, help="seconds between faults")
-    parser.add_argument("--throttle-burst", type=int, default=100, help="submits throttled")
+    parser.add_argument("--throttle-ms", type=int, default=1000, help="a burst's length")
+    parser.add_argument(
+        "--throttle-burst", type=int, default=0, help="throttle this many submits instead"
+    )
     parser.add_argument("--response-delay-ms", type=int, default=200, help="SMSC answer latency")
     args = parser.parse_args(argv)
     apply_quick(args, argv)

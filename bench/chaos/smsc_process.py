@@ -6,10 +6,12 @@ only in-process (and `/_dev/smsc/messages` exists only under `amnex dev`). This 
 the simulator exactly as that command does and adds a tiny HTTP/1.1 control API on loopback:
 
     GET  /stats          counters, bound sessions and receipts still owed (JSON)
-    GET  /record         every submit_sm received (id, text, received_at) and the ids of the
-                         receipts it offered (JSON)
+    GET  /record         every submit_sm received (id, text, received_at), the ids of the
+                         receipts it offered, and when each SMPP connection ended (JSON)
     POST /disconnect     abort every SMPP connection now (`disconnect_all`)
     POST /throttle/<n>   answer the next n submit_sm with ESME_RTHROTTLED (`throttle_next`)
+    POST /throttle-for/<ms>  answer every submit_sm with ESME_RTHROTTLED for the next ms
+                         milliseconds (what a carrier over its rate does: a time, not a count)
 
     python bench/chaos/smsc_process.py --smpp-port P --control-port C [--receipt-delay-ms 50]
         [--response-delay-ms 0] [--max-stored 100000]
@@ -23,10 +25,12 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from datetime import datetime
 from typing import Any
 
-from amnex.simulators.smsc import SmscSimulator, _Owed
+from amnex.channels.smpp import pdu
+from amnex.simulators.smsc import SmscSimulator, _Owed, _Session, _submit_resp
 
 HOST = "127.0.0.1"
 
@@ -41,6 +45,29 @@ class RecordingSmsc(SmscSimulator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.receipt_ids: set[str] = set()
+        # When each SMPP connection ended (time.time()), whoever ended it: a submit in
+        # flight on it has an unknown outcome for the ESME, so it may be sent again.
+        self.session_ends: list[float] = []
+        self.throttle_until = 0.0  # time.monotonic(): submits are throttled until then
+        self.throttled_for_time = 0
+
+    def _session_closed(self, session: _Session) -> None:
+        self.session_ends.append(time.time())
+        super()._session_closed(session)
+
+    def _accept(
+        self,
+        system_id: str,
+        frame: bytes,
+        seq: int,
+        received_at: float,
+        destination: str,
+        registered_delivery: int,
+    ) -> bytes | None:
+        if time.monotonic() < self.throttle_until:
+            self.throttled_for_time += 1
+            return _submit_resp(seq, pdu.CommandStatus.ESME_RTHROTTLED)
+        return super()._accept(system_id, frame, seq, received_at, destination, registered_delivery)
 
     def _offer(self, owed: _Owed) -> None:
         if owed.receipt_for is not None:
@@ -93,13 +120,18 @@ def answer(smsc: RecordingSmsc, method: str, path: str) -> tuple[int, Any]:
             "receipts_acknowledged": smsc.receipts_acknowledged,
             "bound_sessions": smsc.bound_sessions,
             "receipts_owed": smsc.receipts_owed(),
+            "throttled_for_time": smsc.throttled_for_time,
         }
     if method == "GET" and path == "/record":
         submits = [
             [m["message_id"], m["text"], datetime.fromisoformat(m["received_at"]).timestamp()]
             for m in smsc.messages()
         ]
-        return 200, {"submits": submits, "receipt_ids": sorted(smsc.receipt_ids)}
+        return 200, {
+            "submits": submits,
+            "receipt_ids": sorted(smsc.receipt_ids),
+            "session_ends": smsc.session_ends,
+        }
     if method == "POST" and path == "/disconnect":
         bound = smsc.bound_sessions
         smsc.disconnect_all()
@@ -108,6 +140,10 @@ def answer(smsc: RecordingSmsc, method: str, path: str) -> tuple[int, Any]:
         n = int(path.removeprefix("/throttle/"))
         smsc.throttle_next(n)
         return 200, {"throttle_next": n}
+    if method == "POST" and path.startswith("/throttle-for/"):
+        ms = int(path.removeprefix("/throttle-for/"))
+        smsc.throttle_until = time.monotonic() + ms / 1000
+        return 200, {"throttle_for_ms": ms}
     return 404, {"error": "unknown"}
 
 
