@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 import httpx
@@ -76,3 +77,22 @@ async def test_log_lines_written_while_serving_carry_the_request_id(
     assert first.headers["x-request-id"] == "trace-abc"
     (after,) = [line for line in lines if line["event"] == "after the requests"]
     assert "request_id" not in after
+
+
+def test_a_forked_process_makes_request_ids_of_its_own() -> None:
+    # Given ids made in this process, then a child forked from it
+    parent = {request_id_for(None) for _ in range(3)}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then exit at once
+        os.close(read)
+        os.write(write, ",".join(request_id_for(None) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+
+    # Then the child's ids carry another prefix, so none repeats the parent's
+    assert child.isdisjoint(parent)
+    assert {i[:14] for i in child}.isdisjoint({i[:14] for i in parent})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import os
 import re
 import secrets
 import time
@@ -40,6 +41,16 @@ _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # system call per request (`secrets` reads the kernel's random source every time).
 _REQUEST_ID_PREFIX = secrets.token_hex(5)
 _request_numbers = itertools.count()
+
+
+def _new_request_id_prefix() -> None:
+    """A forked child (a process manager that forks after import) gets its own prefix."""
+    global _REQUEST_ID_PREFIX, _request_numbers
+    _REQUEST_ID_PREFIX = secrets.token_hex(5)
+    _request_numbers = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_request_id_prefix)
 
 
 def request_id_for(header: bytes | None) -> str:
