@@ -23,16 +23,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from amnex.accounts import service as accounts
+from amnex.accounts.service import KeyContext
 from amnex.api.app import create_app
 from amnex.carriers import service as carriers
+from amnex.carriers.routing import RouteTable
+from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.models import Base
 from amnex.dispatch.worker import Dispatcher
+from amnex.messages.accept import AcceptWriter
+from amnex.messages.models import Message, MessageEvent
+from amnex.messages.schemas import SendMessageRequest
+from amnex.messages.service import prepare_message
 from amnex.privacy.crypto import SecretBox, generate_key
 from amnex.runtime import Runtime
 from amnex.simulators.smsc import SmscSimulator
@@ -345,3 +352,51 @@ async def on_disk(db: Database, needle: str, tables: tuple[str, ...] = ("message
             if data is not None and probe in bytes(data):
                 return True
     return False
+
+
+async def accept_emails(
+    db: Database, account: AccountHandle, *recipients: str, **fields: Any
+) -> list[str]:
+    """Store one email per recipient through the accept writer, as the API does (no route
+    table: email goes to the relay); their ids, in order."""
+    context = KeyContext(
+        key_id="key_test",
+        account_id=account.account_id,
+        scopes=frozenset({"send"}),
+        rate_limit_per_s=None,
+        account_settings={},
+        senders={"email": frozenset({"news@shop.example"})},
+        default_senders={"email": "news@shop.example"},
+    )
+    routes = RouteTable(static_channels=frozenset({"email"}))
+    writer = AcceptWriter(db, writers=1, batch_max=100, db_retry_s=1)
+    await writer.start()
+    ids = []
+    try:
+        for to in recipients:
+            request = SendMessageRequest.model_validate(
+                {"channel": "email", "to": to, "subject": "Hi", "body": "Hello", **fields}
+            )
+            prepared = prepare_message(context, request, now=utc_now(), routes=routes)
+            await writer.submit(prepared)
+            ids.append(str(prepared.row["id"]))
+    finally:
+        await writer.close()
+    return ids
+
+
+async def load_message(db: Database, message_id: str) -> Message:
+    async with db.read_session() as session:
+        message = await session.get(Message, message_id)
+    assert message is not None
+    return message
+
+
+async def message_events(db: Database, message_id: str) -> list[MessageEvent]:
+    async with db.read_session() as session:
+        rows = await session.scalars(
+            select(MessageEvent)
+            .where(MessageEvent.message_id == message_id)
+            .order_by(MessageEvent.seq)
+        )
+        return list(rows)

@@ -16,49 +16,21 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from amnex.accounts.service import KeyContext
-from amnex.carriers.routing import RouteTable
 from amnex.clock import utc_now
 from amnex.db.engine import Database
 from amnex.dispatch import claim
 from amnex.dispatch.outcomes import apply_outcomes
-from amnex.messages.accept import AcceptWriter
 from amnex.messages.models import Message
-from amnex.messages.schemas import SendMessageRequest
-from amnex.messages.service import prepare_message
 from amnex.messages.status import Status
-from support import AccountHandle, eventually
+from support import AccountHandle, accept_emails, eventually
 
 pytestmark = pytest.mark.postgres
 
-EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 OWNER = "worker-a"
 
 
 async def accept_many(db: Database, account: AccountHandle, count: int) -> list[str]:
-    context = KeyContext(
-        key_id="key_test",
-        account_id=account.account_id,
-        scopes=frozenset({"send"}),
-        rate_limit_per_s=None,
-        account_settings={},
-        senders={"email": frozenset({"news@shop.example"})},
-        default_senders={"email": "news@shop.example"},
-    )
-    writer = AcceptWriter(db, writers=1, batch_max=100, db_retry_s=1)
-    await writer.start()
-    ids = []
-    try:
-        for n in range(count):
-            request = SendMessageRequest.model_validate(
-                {"channel": "email", "to": f"r{n}@example.com", "subject": "Hi", "body": "Hello"}
-            )
-            prepared = prepare_message(context, request, now=utc_now(), routes=EMAIL_ONLY)
-            await writer.submit(prepared)
-            ids.append(str(prepared.row["id"]))
-    finally:
-        await writer.close()
-    return sorted(ids)
+    return sorted(await accept_emails(db, account, *(f"r{n}@example.com" for n in range(count))))
 
 
 async def claim_all(db: Database, count: int) -> None:

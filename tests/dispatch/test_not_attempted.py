@@ -11,14 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
-from amnex.accounts.service import KeyContext
 from amnex.carriers.leases import BindLease, BindLeaseWorker
-from amnex.carriers.routing import RouteTable
 from amnex.channels import sms
 from amnex.channels.base import NotAttempted, OutboundMessage, SubmitResult
 from amnex.channels.sms import SmsChannel
@@ -28,10 +25,7 @@ from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.dispatch import claim
 from amnex.dispatch.worker import NOT_ATTEMPTED_HOLD_S, Dispatcher
-from amnex.messages.accept import AcceptWriter
-from amnex.messages.models import Message, MessageEvent
-from amnex.messages.schemas import SendMessageRequest
-from amnex.messages.service import prepare_message
+from amnex.messages.models import Message
 from amnex.privacy.crypto import SecretBox
 from amnex.simulators.smsc import SmscSimulator
 from amnex.webhooks.models import WebhookEndpoint, WebhookOutbox
@@ -41,60 +35,16 @@ from amnex.worker_process import WorkerParts, build_dispatcher
 from support import (
     AccountHandle,
     StartSmsc,
+    accept_emails,
     add_smpp_route,
     eventually,
+    load_message,
     make_account,
+    message_events,
     serve_api,
     wait_for_status,
     with_master_key,
 )
-
-EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
-
-
-async def accept(
-    db: Database, account: AccountHandle, *recipients: str, **fields: Any
-) -> list[str]:
-    context = KeyContext(
-        key_id="key_test",
-        account_id=account.account_id,
-        scopes=frozenset({"send"}),
-        rate_limit_per_s=None,
-        account_settings={},
-        senders={"email": frozenset({"news@shop.example"})},
-        default_senders={"email": "news@shop.example"},
-    )
-    writer = AcceptWriter(db, writers=1, batch_max=10, db_retry_s=1)
-    await writer.start()
-    ids = []
-    try:
-        for to in recipients:
-            request = SendMessageRequest.model_validate(
-                {"channel": "email", "to": to, "subject": "Hi", "body": "Hello", **fields}
-            )
-            prepared = prepare_message(context, request, now=utc_now(), routes=EMAIL_ONLY)
-            await writer.submit(prepared)
-            ids.append(str(prepared.row["id"]))
-    finally:
-        await writer.close()
-    return ids
-
-
-async def load(db: Database, message_id: str) -> Message:
-    async with db.read_session() as session:
-        message = await session.get(Message, message_id)
-        assert message is not None
-        return message
-
-
-async def events(db: Database, message_id: str) -> list[MessageEvent]:
-    async with db.read_session() as session:
-        rows = await session.scalars(
-            select(MessageEvent)
-            .where(MessageEvent.message_id == message_id)
-            .order_by(MessageEvent.seq)
-        )
-        return list(rows)
 
 
 async def outbox_rows(db: Database) -> int:
@@ -135,8 +85,8 @@ async def test_the_claim_passes_over_what_this_worker_cannot_send_and_looks_past
     db: Database, account: AccountHandle
 ) -> None:
     # Given three due messages this worker cannot send, ahead of two it can
-    blocked = await accept(db, account, "b1@example.com", "b2@example.com", "b3@example.com")
-    sendable = await accept(db, account, "s1@example.com", "s2@example.com")
+    blocked = await accept_emails(db, account, "b1@example.com", "b2@example.com", "b3@example.com")
+    sendable = await accept_emails(db, account, "s1@example.com", "s2@example.com")
 
     # When it claims two
     async with db.unit_of_work() as session:
@@ -154,9 +104,9 @@ async def test_the_claim_passes_over_what_this_worker_cannot_send_and_looks_past
     assert [c.outbound.attempt for c in taken] == [1, 1]
     # And leaves the others exactly as they were: no lease, no attempt, no event
     for message_id in blocked:
-        message = await load(db, message_id)
+        message = await load_message(db, message_id)
         assert (message.status, message.attempts, message.lease_owner) == ("queued", 0, None)
-        assert [e.status for e in await events(db, message_id)] == ["queued"]
+        assert [e.status for e in await message_events(db, message_id)] == ["queued"]
 
 
 async def test_a_backlog_for_a_connector_held_elsewhere_is_not_even_read(
@@ -164,12 +114,12 @@ async def test_a_backlog_for_a_connector_held_elsewhere_is_not_even_read(
 ) -> None:
     # Given more messages for a connector another worker holds than three claims would read,
     # ahead of one this worker can send
-    blocked = await accept(db, account, *(f"x{n}@example.com" for n in range(12)))
+    blocked = await accept_emails(db, account, *(f"x{n}@example.com" for n in range(12)))
     async with db.unit_of_work() as session:
         await session.execute(
             update(Message).where(Message.id.in_(blocked)).values(connector_id="con_elsewhere")
         )
-    (sendable,) = await accept(db, account, "here@example.com")
+    (sendable,) = await accept_emails(db, account, "here@example.com")
 
     # When it claims two, leaving out that connector's messages
     async with db.unit_of_work() as session:
@@ -186,14 +136,14 @@ async def test_a_backlog_for_a_connector_held_elsewhere_is_not_even_read(
     # Then it takes the one it can send at once, and the backlog stays as it was
     assert [c.outbound.id for c in taken] == [sendable]
     for message_id in blocked:
-        message = await load(db, message_id)
+        message = await load_message(db, message_id)
         assert (message.status, message.attempts, message.lease_owner) == ("queued", 0, None)
 
 
 async def test_an_expired_message_fails_even_on_a_worker_that_cannot_send_it(
     db: Database, account: AccountHandle
 ) -> None:
-    (message_id,) = await accept(db, account, "late@example.com", validity_period_s=1)
+    (message_id,) = await accept_emails(db, account, "late@example.com", validity_period_s=1)
     later = utc_now() + timedelta(seconds=2)
 
     async with db.unit_of_work() as session:
@@ -202,14 +152,14 @@ async def test_an_expired_message_fails_even_on_a_worker_that_cannot_send_it(
         )
 
     assert taken == []
-    message = await load(db, message_id)
+    message = await load_message(db, message_id)
     assert (message.status, message.error_code) == ("failed", "expired")
 
 
 async def test_the_claim_skips_the_messages_it_is_told_to(
     db: Database, account: AccountHandle
 ) -> None:
-    held, other = await accept(db, account, "held@example.com", "other@example.com")
+    held, other = await accept_emails(db, account, "held@example.com", "other@example.com")
 
     async with db.unit_of_work() as session:
         taken = await claim.claim_due_messages(
@@ -217,7 +167,7 @@ async def test_the_claim_skips_the_messages_it_is_told_to(
         )
 
     assert [c.outbound.id for c in taken] == [other]
-    assert (await load(db, held)).status == "queued"
+    assert (await load_message(db, held)).status == "queued"
 
 
 # -------------------------------------------------------------------------------------------
@@ -228,12 +178,12 @@ async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_n
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:
     await add_endpoint(db, settings, account)
-    (message_id,) = await accept(db, account, "back@example.com")
+    (message_id,) = await accept_emails(db, account, "back@example.com")
     async with db.unit_of_work() as session:
         (taken,) = await claim.claim_due_messages(
             session, owner="worker-a", limit=1, lease_s=30, now=utc_now()
         )
-    events_before, outbox_before = len(await events(db, message_id)), await outbox_rows(db)
+    events_before, outbox_before = len(await message_events(db, message_id)), await outbox_rows(db)
 
     # When worker A gives it back untried
     async with db.unit_of_work() as session:
@@ -243,14 +193,14 @@ async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_n
 
     # Then it is queued and due now, with no lease and no attempt counted
     assert applied is True
-    message = await load(db, message_id)
+    message = await load_message(db, message_id)
     assert (message.status, message.attempts, message.lease_owner) == ("queued", 0, None)
     assert message.lease_until is None
     assert message.next_attempt_at is not None
     assert message.next_attempt_at <= utc_now()
     assert message.error_code is None
     # And nothing was recorded that a client would be told about
-    assert len(await events(db, message_id)) == events_before
+    assert len(await message_events(db, message_id)) == events_before
     assert await outbox_rows(db) == outbox_before
     # And the next worker's claim is the message's first attempt again
     async with db.unit_of_work() as session:
@@ -263,7 +213,7 @@ async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_n
 async def test_giving_back_a_lease_this_worker_lost_changes_nothing(
     db: Database, account: AccountHandle
 ) -> None:
-    (message_id,) = await accept(db, account, "lost@example.com")
+    (message_id,) = await accept_emails(db, account, "lost@example.com")
     async with db.unit_of_work() as session:
         await claim.claim_due_messages(
             session, owner="worker-a", limit=1, lease_s=30, now=utc_now()
@@ -278,7 +228,7 @@ async def test_giving_back_a_lease_this_worker_lost_changes_nothing(
         )
 
     assert applied is False
-    message = await load(db, message_id)
+    message = await load_message(db, message_id)
     assert (message.status, message.attempts, message.lease_owner) == ("sending", 1, "worker-b")
 
 
@@ -321,19 +271,19 @@ async def test_the_dispatcher_gives_back_what_the_channel_did_not_try_and_holds_
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:
     channel = RefusesOnce()
-    (message_id,) = await accept(db, account, "once@example.com")
+    (message_id,) = await accept_emails(db, account, "once@example.com")
 
     # When the only worker claims it, finds it cannot try it, and later claims it again
     dispatcher = build_dispatcher(settings, db, {"email": channel}, poll_interval_s=0.02)
     async with dispatching(dispatcher):
         message = await eventually(
-            lambda: load(db, message_id), lambda m: m.status == "delivered", timeout_s=10
+            lambda: load_message(db, message_id), lambda m: m.status == "delivered", timeout_s=10
         )
 
     # Then the message was tried once and delivered: one attempt, no failure, no retry event
     assert message.attempts == 1
     assert message.error_code is None
-    history = await events(db, message_id)
+    history = await message_events(db, message_id)
     assert [e.status for e in history] == ["queued", "sending", "sending", "delivered"]
     assert [(e.detail or {}).get("attempt") for e in history if e.status == "sending"] == [1, 1]
     # And the worker left it alone for the hold-off rather than taking it straight back
@@ -406,9 +356,9 @@ async def test_a_worker_with_no_bind_takes_no_message_and_costs_none_an_attempt(
 
         # Then each was taken once, by the worker with the bind, at its first attempt
         for message_id in ids:
-            message = await load(db, message_id)
+            message = await load_message(db, message_id)
             assert (message.attempts, message.error_code) == (1, None)
-            statuses = [e.status for e in await events(db, message_id)]
+            statuses = [e.status for e in await message_events(db, message_id)]
             assert statuses[:3] == ["queued", "sending", "sent"], statuses
     assert len(smsc.messages()) == 12
 
@@ -488,7 +438,7 @@ async def test_a_worker_whose_bind_is_down_still_tries_and_counts_the_attempt(
         # no other worker could have sent it, and a carrier that stays away must end in a
         # failure once retries run out
         message = await eventually(
-            lambda: load(db, message_id), lambda m: m.error_code is not None, timeout_s=10
+            lambda: load_message(db, message_id), lambda m: m.error_code is not None, timeout_s=10
         )
     assert (message.status, message.error_code, message.attempts) == (
         "queued",
