@@ -12,7 +12,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
 
 from amnex.accounts.service import KeyContext
 from amnex.carriers.routing import RouteEntry, RouteTable
@@ -26,6 +25,8 @@ from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import prepare_message
 from amnex.recipients import service as recipients
 from support import AccountHandle, make_account
+from support import load_message as load
+from support import message_events as events
 
 OWNER = "worker-claim-compliance"
 CONNECTOR = "con_CLAIM"
@@ -155,23 +156,6 @@ async def consent(db: Database, account: AccountHandle, address: str, action: st
             occurred_at=utc_now() - timedelta(minutes=5),
             recorded_by="test",
         )
-
-
-async def load(db: Database, message_id: str) -> Message:
-    async with db.read_session() as session:
-        message = await session.get(Message, message_id)
-        assert message is not None
-        return message
-
-
-async def events(db: Database, message_id: str) -> list[MessageEvent]:
-    async with db.read_session() as session:
-        rows = await session.scalars(
-            select(MessageEvent)
-            .where(MessageEvent.message_id == message_id)
-            .order_by(MessageEvent.seq)
-        )
-        return list(rows)
 
 
 async def assert_rejected(db: Database, message_id: str, code: str, rule: str) -> None:

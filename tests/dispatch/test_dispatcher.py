@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from amnex.accounts.service import KeyContext
 from amnex.carriers.routing import RouteTable
@@ -30,11 +29,13 @@ from amnex.db.engine import Database
 from amnex.dispatch import claim
 from amnex.dispatch.worker import Dispatcher
 from amnex.messages.accept import AcceptWriter
-from amnex.messages.models import Message, MessageEvent
+from amnex.messages.models import Message
 from amnex.messages.schemas import SendMessageRequest
 from amnex.messages.service import prepare_message
 from amnex.worker_process import build_dispatcher
 from support import AccountHandle, Capture, eventually
+from support import load_message as load
+from support import message_events as events
 
 EMAIL_ONLY = RouteTable(static_channels=frozenset({"email"}))
 
@@ -92,23 +93,6 @@ async def accept(db: Database, account: AccountHandle, to: str, **fields: Any) -
     finally:
         await writer.close()
     return str(prepared.row["id"])
-
-
-async def load(db: Database, message_id: str) -> Message:
-    async with db.read_session() as session:
-        message = await session.get(Message, message_id)
-        assert message is not None
-        return message
-
-
-async def events(db: Database, message_id: str) -> list[MessageEvent]:
-    async with db.read_session() as session:
-        rows = await session.scalars(
-            select(MessageEvent)
-            .where(MessageEvent.message_id == message_id)
-            .order_by(MessageEvent.seq)
-        )
-        return list(rows)
 
 
 async def until_status(db: Database, message_id: str, status: str) -> Message:

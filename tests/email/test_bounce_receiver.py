@@ -21,13 +21,15 @@ from amnex.config import Settings
 from amnex.db.engine import Database
 from amnex.db.ids import new_id
 from amnex.email.receiver import BounceReceiver
-from amnex.messages.models import Message, MessageEvent
+from amnex.messages.models import Message
 from amnex.privacy.keys import open_address
 from amnex.recipients.models import OptOut, OptOutEvent
 from amnex.simulators import smtp_sink
 from amnex.simulators.smtp_sink import SmtpSink, build_dsn
 from amnex.worker_process import WorkerParts
 from support import AccountHandle, StartSink
+from support import load_message as get_message
+from support import message_events as events
 
 DOMAIN = "bounces.amnex.test"
 TO = "dave90@example.org"
@@ -139,23 +141,6 @@ async def deliver(receiver: BounceReceiver, raw: bytes, *recipients: str) -> str
         replies, reply = await client.sendmail("", list(recipients), raw)
     assert all(code == 250 for code, _ in replies.values())
     return reply
-
-
-async def get_message(db: Database, message_id: str) -> Message:
-    async with db.read_session() as session:
-        message = await session.get(Message, message_id)
-    assert message is not None
-    return message
-
-
-async def events(db: Database, message_id: str) -> list[MessageEvent]:
-    async with db.read_session() as session:
-        rows = await session.scalars(
-            select(MessageEvent)
-            .where(MessageEvent.message_id == message_id)
-            .order_by(MessageEvent.seq)
-        )
-        return list(rows)
 
 
 async def opt_outs(db: Database, account: AccountHandle) -> list[OptOut]:
