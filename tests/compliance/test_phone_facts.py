@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberType
 
+from amnex.compliance import addresses
 from amnex.compliance.addresses import PhoneFacts, normalise_phone_number, phone_facts
 from amnex.errors import InvalidAddress
 
@@ -132,12 +133,20 @@ def test_a_second_call_answers_the_same(number: str) -> None:
 
 
 def test_the_cache_answers_the_same_after_many_other_numbers() -> None:
-    # Enough different numbers to fill the bounded cache and clear it at least once.
+    # Enough different numbers to fill the bounded cache and clear it several times.
     before = {number: ours(phone_facts(number)) for number, *_ in NUMBERS}
-    for i in range(70_000):
+    for i in range(3 * addresses._PHONE_FACTS_MAX):
         phone_facts(f"+1415{i:07d}")
     after = {number: ours(phone_facts(number)) for number, *_ in NUMBERS}
     assert after == before
+
+
+def test_the_cache_stays_bounded_however_many_numbers_pass() -> None:
+    # One new recipient per send is the common case: memory must not grow with it (the soak's
+    # RSS rule), and a process should not hold more recent numbers than it needs.
+    for i in range(5 * addresses._PHONE_FACTS_MAX):
+        phone_facts(f"+44 20 {i:08d}")  # not E.164 as written: kept under both forms
+        assert len(addresses._PHONE_FACTS) <= addresses._PHONE_FACTS_MAX
 
 
 @pytest.mark.parametrize(
