@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -67,7 +68,7 @@ async def test_content_is_stored_encrypted_and_read_back_in_clear(
     assert not await on_disk(db, body)
 
 
-async def test_delivered_content_is_purged_and_never_reaches_the_disk(
+async def test_delivered_content_is_destroyed_at_delivery_and_never_reaches_the_disk(
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:
     body = marker()
@@ -75,24 +76,26 @@ async def test_delivered_content_is_purged_and_never_reaches_the_disk(
         sent = await api.client.post("/v1/messages", headers=account.headers, json=email(body))
         path = f"/v1/messages/{sent.json()['id']}"
 
-        async def status() -> str:
-            got = await api.client.get(path, headers=account.headers)
-            return str(got.json()["status"])
+        async def read() -> dict[str, Any]:
+            got: dict[str, Any] = (await api.client.get(path, headers=account.headers)).json()
+            return got
 
-        await eventually(status, lambda s: s == "delivered")
+        # The write that makes the message delivered empties its content: no purge has run.
+        delivered = await eventually(read, lambda m: m["status"] == "delivered")
+        stored_at_delivery = await raw_content(db, sent.json()["id"])
         report = await purge_once(db, settings)
-        after = (await api.client.get(path, headers=account.headers)).json()
 
-    assert report.counts["content"] >= 1
-    assert after["body"] is None
-    assert after["subject"] is None
-    assert after["content_purged_at"] is not None
-    assert await raw_content(db, sent.json()["id"]) == (None, None)
+    assert delivered["body"] is None
+    assert delivered["subject"] is None
+    assert delivered["content_purged_at"] == delivered["delivered_at"]
+    assert stored_at_delivery == (None, None)
     assert not await on_disk(db, body)
+    # The purge, which covers what reaches a final status any other way, finds nothing left.
+    assert report.counts["content"] == 0
     async with db.read_session() as session:
         runs = list(await session.scalars(select(PurgeRun)))
     assert runs
-    assert runs[-1].counts["content"] >= 1
+    assert runs[-1].counts["content"] == 0
 
 
 async def test_failed_content_is_kept_for_the_retry_window_then_purged(

@@ -70,6 +70,13 @@ async def sent_message(
     db: Database, account: AccountHandle, provider_ids: list[str], **fields: Any
 ) -> str:
     """A message accepted, claimed, and recorded as sent with these part ids."""
+    message_id = await claimed_message(db, account, **fields)
+    await record_sent(db, message_id, provider_ids)
+    return message_id
+
+
+async def claimed_message(db: Database, account: AccountHandle, **fields: Any) -> str:
+    """A message accepted and claimed by OWNER (status `sending`)."""
     request = SendMessageRequest.model_validate(
         {"channel": "sms", "to": "+14155550100", "body": "Hello", **fields}
     )
@@ -86,7 +93,6 @@ async def sent_message(
             session, owner=OWNER, limit=10, lease_s=30, now=utc_now()
         )
     assert [c.outbound.id for c in claimed] == [message_id]
-    await record_sent(db, message_id, provider_ids)
     return message_id
 
 
@@ -308,6 +314,87 @@ async def test_a_message_without_receipt_times_out_as_undelivered(
     # A receipt that comes after the timeout is recorded on its part, and changes nothing
     await apply(db, receipt("quiet", "DELIVRD"))
     assert (await load(db, message_id)).status == "undelivered"
+
+
+# ---------------------------------------------------------------------------------------------
+# Content destroyed at delivery (policy §5), in the write that makes the message delivered
+
+
+async def stored_content(db: Database, message_id: str) -> tuple[Any, Any]:
+    """(the row's raw body, its content_purged_at), as stored."""
+    async with db.read_session() as session:
+        row = (
+            await session.execute(
+                select(Message.__table__.c.body, Message.content_purged_at).where(
+                    Message.id == message_id
+                )
+            )
+        ).one()
+    return row[0], row[1]
+
+
+async def test_a_delivered_receipt_destroys_the_content_in_the_same_write(
+    db: Database, sms_account: AccountHandle
+) -> None:
+    message_id = await sent_message(db, sms_account, ["00C0DE"])
+    assert (await stored_content(db, message_id))[0] is not None
+
+    await apply(db, receipt("00C0DE", "DELIVRD"))
+
+    # No purge has run: the content is gone the moment the message is delivered.
+    body, purged_at = await stored_content(db, message_id)
+    message = await load(db, message_id)
+    assert (message.status, body, message.body) == ("delivered", None, None)
+    assert purged_at is not None
+    assert purged_at == message.delivered_at
+
+
+async def test_an_account_that_keeps_content_keeps_it_past_delivery(db: Database) -> None:
+    keeper = await make_account(db, sms_number=NUMBER, retention={"content_days": 7})
+    message_id = await sent_message(db, keeper, ["00C0DF"])
+
+    await apply(db, receipt("00C0DF", "DELIVRD"))
+
+    message = await load(db, message_id)
+    assert (message.status, message.body) == ("delivered", "Hello")
+    assert message.content_purged_at is None  # the purge destroys it after the 7 days
+
+
+async def test_a_failed_receipt_keeps_the_content_for_the_failed_window(
+    db: Database, sms_account: AccountHandle
+) -> None:
+    message_id = await sent_message(db, sms_account, ["00C0E0"])
+
+    await apply(db, receipt("00C0E0", "UNDELIV", err="001"))
+
+    message = await load(db, message_id)
+    assert (message.status, message.body, message.content_purged_at) == (
+        "undelivered",
+        "Hello",
+        None,
+    )
+
+
+async def test_a_message_delivered_at_submit_loses_its_content_in_that_write(
+    db: Database, sms_account: AccountHandle
+) -> None:
+    # Channels whose acceptance is the delivery (the recipient's mail server took it) record
+    # `delivered` straight from `sending`, with the other outcomes of the batch.
+    message_id = await claimed_message(db, sms_account)
+    async with db.unit_of_work() as session:
+        assert await claim.record_submitted(
+            session,
+            message_id=message_id,
+            owner=OWNER,
+            status=Status.DELIVERED,
+            provider_message_id="250-ok",
+            detail={},
+            now=utc_now(),
+        )
+
+    body, purged_at = await stored_content(db, message_id)
+    assert (body, (await load(db, message_id)).status) == (None, "delivered")
+    assert purged_at is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
 
 1. **Content at a final status.** An outbound message `delivered`, `rejected` or `canceled`
    loses its subject, body and HTML at once, or `content_days` later where the account agreed
-   (`content_purged_at` is set, the API shows `body: null`). One `failed` or `undelivered`
+   (`content_purged_at` is set, the API shows `body: null`). A delivered one has usually lost
+   them already: the write that makes it `delivered` empties them too
+   (`accounts_keeping_content`); this step covers the rest. One `failed` or `undelivered`
    keeps them for `failed_content_retention_s` (72 h: a client may look into what went
    wrong), then loses them too.
 2. **Inbound text** is kept `inbound_content_retention_s` (30 days), then purged the same way.
@@ -50,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -289,6 +291,31 @@ async def purge_once(
     return report
 
 
+def content_destroyed(now: datetime) -> dict[str, Any]:
+    """The columns of a message whose content is destroyed at `now`."""
+    return {"subject": None, "body": None, "html": None, "content_purged_at": now}
+
+
+async def accounts_keeping_content(session: AsyncSession, account_ids: Iterable[str]) -> set[str]:
+    """Of these accounts, those that agreed to keep content after delivery (`content_days`).
+
+    The writers that make a message `delivered` destroy the content of every other account's
+    message in that same UPDATE (`content_destroyed`), so it does not outlive the delivery by
+    up to a purge interval and is not written a second time; the purge (step 1) still covers
+    whatever reached a final status another way. A kept period is judged here without the
+    operator's cap: at worst the purge, which applies the cap, destroys it a minute later.
+    """
+    ids = sorted(set(account_ids))
+    if not ids:
+        return set()
+    rows = await session.execute(select(Account.id, Account.settings).where(Account.id.in_(ids)))
+    return {
+        account_id
+        for account_id, account_settings in rows
+        if retention_of(account_settings or {}).content_days > 0
+    }
+
+
 async def _count(session: AsyncSession, condition: Any) -> int:
     return int(
         await session.scalar(select(func.count()).select_from(Message).where(condition)) or 0
@@ -299,9 +326,7 @@ async def _purge_content(session: AsyncSession, condition: Any, now: datetime, c
     ids = list(await session.scalars(select(Message.id).where(condition).limit(chunk)))
     if ids:
         await session.execute(
-            update(Message)
-            .where(Message.id.in_(ids))
-            .values(subject=None, body=None, html=None, content_purged_at=now)
+            update(Message).where(Message.id.in_(ids)).values(**content_destroyed(now))
         )
     return len(ids)
 
