@@ -265,7 +265,7 @@ def db_upgrade(
 def db_status(config: ConfigOption = None) -> None:
     """The schema's revision, the migrations pending (online or not) and the workers alive."""
     from amnex.clock import utc_now
-    from amnex.db.engine import Database
+    from amnex.db.engine import AUTOVACUUM_OFF_WARNING, Database, autovacuum_off
     from amnex.db.migrate import (
         UnknownRevision,
         current_revision,
@@ -282,6 +282,7 @@ def db_status(config: ConfigOption = None) -> None:
             except UnknownRevision as exc:
                 raise SystemExit(str(exc)) from None
             workers = await live_workers(db, now=utc_now())
+            no_autovacuum = await autovacuum_off(db)
         finally:
             await db.dispose()
         print(f"revision: {current or '(empty database)'}")
@@ -292,6 +293,8 @@ def db_status(config: ConfigOption = None) -> None:
         print(f"workers alive: {len(workers)}")
         for owner in workers:
             print(f"  {owner}")
+        if no_autovacuum:
+            print(f"warning: {AUTOVACUUM_OFF_WARNING}")
 
     asyncio.run(run())
 

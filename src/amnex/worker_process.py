@@ -37,7 +37,7 @@ from amnex.channels.registry import build_channels
 from amnex.channels.sms import SmsChannel
 from amnex.clock import utc_now
 from amnex.config import Settings
-from amnex.db.engine import Database
+from amnex.db.engine import AUTOVACUUM_OFF_WARNING, Database, autovacuum_off
 from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
@@ -416,6 +416,8 @@ async def run_worker(settings: Settings) -> None:
     if not await schema_is_current(db):
         await db.dispose()
         raise SystemExit("the database schema is not current: run `amnex db upgrade` first")
+    if await autovacuum_off(db):
+        log.warning(AUTOVACUUM_OFF_WARNING)
     readiness = WorkerReadiness(db, redis_url=settings.redis_url)
     metrics_server = start_metrics_server(settings, readiness)
     try:

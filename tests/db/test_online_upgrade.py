@@ -248,3 +248,30 @@ async def _tables(db: Database) -> set[str]:
 def _tables_named(statement: str, tables: set[str]) -> set[str]:
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", statement))
     return {t for t in tables if t in words and t != "alembic_version"}
+
+
+def test_db_status_warns_when_postgresql_runs_without_autovacuum(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the suite's PostgreSQL server (CI's runs with autovacuum off, a production one on)
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL server setting")
+
+    async def server_autovacuum() -> str:
+        url = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+        conn = await asyncpg.connect(url)
+        try:
+            return str(await conn.fetchval("SHOW autovacuum"))
+        finally:
+            await conn.close()
+
+    monkeypatch.delenv("AMNEX_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("AMNEX_DATABASE_URL", database_url)
+    result = CliRunner().invoke(app, ["db", "status"], catch_exceptions=False)
+
+    # Then `amnex db status` warns exactly when autovacuum is off, and says what to do
+    assert result.exit_code == 0, result.output
+    warned = "warning: PostgreSQL runs with autovacuum off" in result.output
+    assert warned is (asyncio.run(server_autovacuum()) == "off")
+    if warned:
+        assert "turn autovacuum on" in result.output

@@ -119,3 +119,24 @@ async def test_absent_json_is_stored_as_sql_null(
             .where(Message.meta.is_(None), Message.provider_detail.is_(None))
         )
     assert nulls == 1
+
+
+async def test_the_queue_tables_are_vacuumed_after_one_percent_of_their_rows_change(
+    db: Database,
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL storage parameters")
+    async with db.read_session() as session:
+        rows = await session.execute(
+            text(
+                "SELECT relname, reloptions FROM pg_class "
+                "WHERE relname IN ('messages', 'message_parts') AND relkind = 'r'"
+            )
+        )
+        options = {name: set(opts or ()) for name, opts in rows}
+    for table in ("messages", "message_parts"):
+        assert {
+            "autovacuum_vacuum_scale_factor=0.01",
+            "autovacuum_vacuum_threshold=1000",
+            "autovacuum_analyze_scale_factor=0.01",
+        } <= options[table], table

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -97,6 +97,21 @@ def ping_after_idle(engine: AsyncEngine, idle_s: float) -> None:
             # The pool discards this connection and checks out another (SQLAlchemy's
             # documented use of DisconnectionError in a checkout handler).
             raise DisconnectionError(str(exc)) from exc
+
+
+AUTOVACUUM_OFF_WARNING = (
+    "PostgreSQL runs with autovacuum off: messages and their parts are written several times "
+    "each, and without vacuum their dead row versions pile up and every claim, receipt and "
+    "sample reads more of them; turn autovacuum on (postgresql.conf) or vacuum them on a schedule"
+)
+
+
+async def autovacuum_off(db: Database) -> bool:
+    """Whether the PostgreSQL server runs with autovacuum off (False on SQLite)."""
+    if db.is_sqlite:
+        return False
+    async with db.read_session() as session:
+        return str(await session.scalar(text("SHOW autovacuum"))).lower() == "off"
 
 
 def sqlite_pragmas(settings: Settings) -> list[str]:
