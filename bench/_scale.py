@@ -36,6 +36,7 @@ import asyncpg  # type: ignore[import-untyped]  # noqa: E402  # asyncpg ships no
 import httpx  # noqa: E402
 import uvloop  # noqa: E402
 from common import FINAL, Cluster  # noqa: E402
+from common import TempPostgres as TempPostgres  # noqa: E402  # re-exported for soak.py
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from accept import (  # noqa: E402

@@ -11,10 +11,11 @@ defaults (bench/README.md) for numbers worth quoting.
     .venv/bin/python bench/quick.py [--only accept,content_rules,e2e_sms,smpp,scaling,soak]
         [--pg-url postgresql://postgres@127.0.0.1:5432/test]
 
-scaling and soak run on PostgreSQL: each creates its own database `amnex_bench_<random>` on
+scaling and soak run on PostgreSQL: scaling creates its own database `amnex_bench_<random>` on
 the server of `--pg-url` (default postgresql://postgres@127.0.0.1:5432/test; the database
-named there is never written) and drops it at the end; accept uses PostgreSQL only when
-`--pg-url` is given. Loopback only. Exits 1 if a benchmark failed, timed out or printed no
+named there is never written) and drops it at the end; soak starts a PostgreSQL server of its
+own (initdb's defaults, autovacuum on) unless `--pg-url` is given; accept uses PostgreSQL only
+when `--pg-url` is given. Loopback only. Exits 1 if a benchmark failed, timed out or printed no
 summary (the table still shows the others); 2 when wrk, which accept, e2e_sms, scaling and
 soak drive the API with, is missing.
 """

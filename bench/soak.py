@@ -16,6 +16,13 @@ memory and latency for drift.
    (due, not yet claimed), the messages not final yet, and the CPU cores each process used.
    After the load, at most `--drain-s` for every accepted message to be final.
 
+PostgreSQL: unless `--pg-url` names a server, the run starts one of its own (bench/chaos's
+`TempPostgres`: initdb into a temporary directory, PostgreSQL's defaults — autovacuum on — a
+free loopback port) and removes it at the end. A soak measures drift, and a server tuned for
+test suites is not what it should drift on: this machine's shared server runs with
+autovacuum off, under which `messages` only grows dead rows. The summary names the server's
+`autovacuum` and how often `messages` was vacuumed.
+
 Verdicts:
 
 - **RSS**: per process, RSS of the last minute (median of its samples) within ±10 % of
@@ -67,6 +74,7 @@ from _scale import (
     DEFAULT_PG_URL,
     DEFAULT_REDIS_URL,
     BenchCluster,
+    TempPostgres,
     loopback_only,
     paced_load,
     percentile,
@@ -112,6 +120,11 @@ class Soak:
     error: str = ""
     # --overload: the queue limit the API enforces; 503 queue_full is then an expected answer.
     overload_depth: int | None = None
+    # The PostgreSQL server's `autovacuum` and what it did to `messages` by the end of the run.
+    autovacuum: str = ""
+    messages_vacuumed: int = 0
+    messages_dead: int = 0
+    messages_live: int = 0
 
     @property
     def accepted(self) -> int:
@@ -326,6 +339,17 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             (time.process_time() - cpu_start) / result.answered * 1e6 if result.answered else 0.0
         )
         soak.final = await wait_final(conn, soak.accepted, time.monotonic() + args.drain_s)
+        soak.autovacuum = str(await conn.fetchval("SHOW autovacuum"))
+        table = await conn.fetchrow(
+            "SELECT autovacuum_count + vacuum_count AS vacuumed, n_dead_tup, n_live_tup "
+            "FROM pg_stat_user_tables WHERE relname = 'messages'"
+        )
+        if table is not None:
+            soak.messages_vacuumed = int(table["vacuumed"])
+            soak.messages_dead, soak.messages_live = (
+                int(table["n_dead_tup"]),
+                int(table["n_live_tup"]),
+            )
     finally:
         await client.aclose()
         await conn.close()
@@ -415,6 +439,11 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
             f"{'bounded' if soak.queue_bounded() else 'NOT bounded'} |"
         )
     lines.append(f"| load generator CPU | {soak.generator_cpu_us:.0f} µs/request | |")
+    lines.append(
+        f"| PostgreSQL autovacuum; `messages` vacuumed, dead / live rows at the end | "
+        f"{soak.autovacuum or '?'}; {soak.messages_vacuumed} times, "
+        f"{soak.messages_dead:,} / {soak.messages_live:,} | |"
+    )
     return "\n".join(lines)
 
 
@@ -478,7 +507,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-concurrency", type=int, default=500, help="sends in flight")
     parser.add_argument("--pool-size", type=int, default=5, help="AMNEX_DATABASE_POOL_SIZE")
     parser.add_argument("--idle-s", type=float, default=3.0, help="the probe's idle measurement")
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="server to create databases on")
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="server to create databases on (default: one of the run's own, PostgreSQL's "
+        f"defaults; `--pg-url {DEFAULT_PG_URL}` for the machine's)",
+    )
     parser.add_argument(
         "--redis-url", default=DEFAULT_REDIS_URL, help="AMNEX_REDIS_URL ('' for none)"
     )
@@ -496,7 +530,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--minutes: at most 120")
     if args.workers < 1 or args.probe_messages < args.connections:
         parser.error("--workers positive, --probe-messages at least --connections")
-    for url in (args.pg_url, args.redis_url):
+    for url in (args.pg_url or "", args.redis_url):
         if url and not loopback_only(url):
             parser.error(f"{url}: this benchmark runs on loopback only")
     return args
@@ -508,11 +542,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrk is not installed: `apt-get install -y wrk`, then retry.", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _raise_exit)
+    server: TempPostgres | None = None
     try:
+        if args.pg_url is None:
+            # A server of this run's own, as PostgreSQL ships (autovacuum on): the machine's
+            # shared one may be tuned for test suites (this machine's runs with autovacuum off).
+            server = TempPostgres()
+            server.init()
+            server.start()
+            args.pg_url = server.admin_url
+            print(f"PostgreSQL of this run: {server.admin_url} (initdb defaults)", flush=True)
         max_rate = args.max_rate if args.max_rate is not None else probe_max(args)
         soak = run_soak(args, max_rate)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            server.close()
     rss = rss_verdicts(soak)
     p99 = p99_verdict(soak)
     held = soak.achieved_rate >= 0.95 * soak.target_rate and soak.skipped == 0
