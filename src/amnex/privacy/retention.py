@@ -13,7 +13,8 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
    wrong), then loses them too.
 2. **Inbound text** is kept `inbound_content_retention_s` (30 days), then purged the same way.
 3. **Metadata.** A message in a final status older than `metadata_retention_days` (365) is
-   deleted with its events and parts.
+   deleted with its events and parts. Ids are time-ordered, so the run looks only at the
+   primary key's oldest range (`_old_enough_by_id`), however large the table has grown.
 4. **Keys.** Every content key of a past period that no message's content is under any more
    is destroyed (`privacy.content.destroy_spent_keys`): whatever copy of that content
    survives in free pages, the WAL, dumps or backups can no longer be read.
@@ -68,7 +69,7 @@ from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.base import Base
 from amnex.db.engine import Database
-from amnex.db.ids import new_id
+from amnex.db.ids import id_floor, new_id
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.status import FINAL_STATUSES, Status
 from amnex.metrics import count_purged
@@ -154,6 +155,18 @@ def _metadata_due(retention: EffectiveRetention, now: datetime) -> Any:
     return and_(Message.created_at <= before, Message.status.in_(_FINAL))
 
 
+# Between stamping a message's id and its `created_at` (the same request), with room to spare.
+_ID_CLOCK_MARGIN = timedelta(minutes=1)
+
+
+def _old_enough_by_id(retention: EffectiveRetention, now: datetime) -> Any:
+    """The messages whose ids say they may be past the metadata period: ids are time-ordered
+    (`db.ids`), so this is a range of the primary key — the oldest rows — and the metadata step
+    reads that range, not the whole table, every run. `_metadata_due` still decides."""
+    before = now - timedelta(days=retention.metadata_days) + _ID_CLOCK_MARGIN
+    return Message.id < id_floor("msg", before)
+
+
 def _has_retention_settings(settings: Settings) -> Any:
     """Accounts whose settings hold a `retention` key (a missing key is SQL NULL)."""
     if settings.is_sqlite:
@@ -210,7 +223,10 @@ async def purge_once(
     async with db.read_session() as session:
         groups = await _groups(session, settings)
     content_due = [and_(g.accounts, _content_due(g.retention, now)) for g in groups]
-    metadata_due = [and_(g.accounts, _metadata_due(g.retention, now)) for g in groups]
+    metadata_due = [
+        and_(g.accounts, _old_enough_by_id(g.retention, now), _metadata_due(g.retention, now))
+        for g in groups
+    ]
     exports_before = now
     personal_before = now - timedelta(days=settings.audit_personal_retention_days)
     entries_before = now - timedelta(days=settings.audit_retention_days)
