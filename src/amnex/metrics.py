@@ -84,7 +84,7 @@ RECEIPT_LAG = Histogram(
 PURGED = Counter(
     "amnex_purged_total",
     "Rows changed by the purge, by step (content, metadata, exports, audit_personal, "
-    "audit_entries, webhook_log, keys_destroyed)",
+    "audit_entries, webhook_log, keys_destroyed); content includes what is emptied at delivery",
     ["step"],
 )
 

@@ -50,7 +50,7 @@ from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
 from amnex.privacy.keys import blind_index, load_keys, open_address
-from amnex.privacy.retention import accounts_keeping_content, content_destroyed
+from amnex.privacy.retention import empty_delivered_content
 from amnex.receipts.apply import apply_pending_for_parts, part_rows, receipt_deadline
 from amnex.recipients.facts import FactsQuery, facts_session
 
@@ -520,13 +520,9 @@ async def record_submitted_many(
             provider_ids.extend(outcome.parts)
         applied.append(True)
     delivered = [c for c in changes if c["status"] == Status.DELIVERED.value]
-    if delivered:  # content is destroyed at delivery, in this same UPDATE (policy §5)
+    if delivered:
         account_of = {r.id: r.account_id for r in rows}
-        keeping = await accounts_keeping_content(session, (account_of[c["id"]] for c in delivered))
-        destroyed = content_destroyed(now)
-        for change in delivered:
-            if account_of[change["id"]] not in keeping:
-                change.update(destroyed)
+        await empty_delivered_content(session, delivered, account_of, now)
     if changes:
         await update_rows(session, Message, changes, key=("id",))
         await insert_rows(session, MessageEvent, events)

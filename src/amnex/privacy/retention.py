@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -330,6 +330,25 @@ async def accounts_keeping_content(session: AsyncSession, account_ids: Iterable[
         for account_id, account_settings in rows
         if retention_of(account_settings or {}).content_days > 0
     }
+
+
+async def empty_delivered_content(
+    session: AsyncSession,
+    changes: list[dict[str, Any]],
+    account_of: Mapping[str, str],
+    now: datetime,
+) -> None:
+    """Add `content_destroyed(now)` to each change that makes a message `delivered` (`id` ->
+    its account in `account_of`), unless its account keeps content: content is destroyed at
+    delivery, in that same UPDATE (policy §5). Counted as the purge's `content` step."""
+    keeping = await accounts_keeping_content(session, (account_of[c["id"]] for c in changes))
+    destroyed = content_destroyed(now)
+    emptied = 0
+    for change in changes:
+        if account_of[change["id"]] not in keeping:
+            change.update(destroyed)
+            emptied += 1
+    count_purged({"content": emptied})
 
 
 async def _count(session: AsyncSession, condition: Any) -> int:

@@ -43,7 +43,7 @@ from amnex.metrics import (
     RECEIPTS,
 )
 from amnex.privacy.keys import blind_index, open_address, prepare_keys, seal_address
-from amnex.privacy.retention import accounts_keeping_content, content_destroyed
+from amnex.privacy.retention import empty_delivered_content
 from amnex.receipts.dlr import Receipt, ReceiptIdFormat, canonical_id, receipt_id_key
 from amnex.receipts.inbound import InboundFragment, decode_payload, fragment_key, reassemble
 from amnex.receipts.models import InboundPart, PendingReceipt
@@ -227,27 +227,14 @@ async def _apply_matched(
         if message is not None:
             _settle(message, all_parts.get(message_id, []), now, detail, settled, events)
     if settled["delivered"]:
-        await _destroy_delivered_content(session, settled["delivered"], messages, now)
+        account_of = {message_id: row.account_id for message_id, row in messages.items()}
+        await empty_delivered_content(session, settled["delivered"], account_of, now)
     for changes in settled.values():
         if changes:
             await update_rows(session, Message, changes, key=("id",))
     if events:
         await insert_rows(session, MessageEvent, events)
     return applied, duplicates, intermediate
-
-
-async def _destroy_delivered_content(
-    session: AsyncSession, changes: list[dict[str, Any]], messages: dict[str, Any], now: datetime
-) -> None:
-    """Content is destroyed at delivery (policy §5): in the same UPDATE, unless the
-    message's account agreed to keep it (`privacy.retention.accounts_keeping_content`)."""
-    keeping = await accounts_keeping_content(
-        session, (messages[change["id"]].account_id for change in changes)
-    )
-    destroyed = content_destroyed(now)
-    for change in changes:
-        if messages[change["id"]].account_id not in keeping:
-            change.update(destroyed)
 
 
 def _settle(
