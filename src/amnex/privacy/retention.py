@@ -8,7 +8,7 @@ successful delivery (§5); metadata is kept for a limited period (§5). One purg
    loses its subject, body and HTML at once, or `content_days` later where the account agreed
    (`content_purged_at` is set, the API shows `body: null`). A delivered one has usually lost
    them already: the write that makes it `delivered` empties them too
-   (`accounts_keeping_content`); this step covers the rest. One `failed` or `undelivered`
+   (`empty_delivered_content`); this step covers the rest. One `failed` or `undelivered`
    keeps them for `failed_content_retention_s` (72 h: a client may look into what went
    wrong), then loses them too.
 2. **Inbound text** is kept `inbound_content_retention_s` (30 days), then purged the same way.
