@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     claim_batch_size: int = 100
     lease_s: float = 60.0
     poll_interval_s: float = Field(0.1, le=0.1)
+    claim_coalesce_s: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="After a claim that found fewer due messages than it asked for, the "
+        "next claim waits this long, however often the worker is woken.",
+    )
     worker_concurrency: int = 64
     retry_base_s: float = 2.0
     retry_max_s: float = 600.0

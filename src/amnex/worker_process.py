@@ -281,6 +281,7 @@ def build_dispatcher(
         concurrency=settings.worker_concurrency,
         lease_s=settings.lease_s,
         poll_interval_s=poll_interval_s,
+        claim_coalesce_s=settings.claim_coalesce_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         receipt_wait_s=settings.receipt_wait_s,
         receipt_grace_s=settings.receipt_grace_s,

@@ -381,3 +381,39 @@ async def test_log_lines_written_during_a_send_name_the_message_and_account(
     started = [line for line in lines if "started" in line["event"]]
     assert started
     assert all("message_id" not in line for line in started)
+
+
+async def test_a_claim_that_came_back_short_is_followed_by_the_next_only_after_the_pause(
+    settings: Settings, db: Database, account: AccountHandle, channel: ScriptedChannel
+) -> None:
+    # Given a worker with a 0.6 s pause after a short claim, woken only by hand (no polling)
+    paused = settings.model_copy(update={"claim_coalesce_s": 0.6})
+    dispatcher = build_dispatcher(paused, db, {"email": channel}, poll_interval_s=30)
+    loop = asyncio.get_running_loop()
+    sent_at: dict[str, float] = {}
+    original = channel.send
+
+    async def timed_send(message: OutboundMessage) -> SubmitResult:
+        sent_at[message.id] = loop.time()
+        return await original(message)
+
+    channel.send = timed_send  # type: ignore[method-assign]
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.8)  # its first (empty) claim and the pause after it are over
+
+        # When a message is accepted after that quiet spell, it is claimed at once
+        first = await accept(db, account, "first@example.com")
+        woken_at = loop.time()
+        dispatcher.wake()
+        await until_status(db, first, "delivered")
+        assert sent_at[first] - woken_at < 0.4
+
+        # And one accepted right after waits out the pause that claim (one of 64) began
+        second = await accept(db, account, "second@example.com")
+        dispatcher.wake()
+        await until_status(db, second, "delivered")
+        assert sent_at[second] - sent_at[first] >= 0.55
+    finally:
+        dispatcher.stop()
+        await task
