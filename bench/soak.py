@@ -2,13 +2,16 @@
 memory and latency for drift.
 
 1. **The maximum** (unless `--max-rate` is given): one `amnex serve`, `--workers` (2)
-   `amnex worker` and the SMSC simulator on a fresh PostgreSQL database, exactly as a
-   bench/scaling.py pipeline run (one bind per worker, `AMNEX_REDIS_URL`); wrk sends
-   `--probe-messages` (60,000) SMS over 64 connections and the clock runs until every one
-   is final. Messages/s of that run (accept and deliver) is the maximum: a sustained one, over
-   about a minute and a half on this machine — a 10,000-message burst (11 s) finished at 894/s
-   where the same processes sustained 736/s, and 80 % of a burst is more than the machine
-   holds for ten minutes.
+   `amnex worker` (one bind each) and the SMSC simulator on a fresh database, started as the
+   soak's are, sent SMS by the soak's own generator (open loop, below) in steps: from
+   `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 % above the one before,
+   until a step is not held — answered at 95 % of its rate, nothing skipped or refused, p99
+   within `PROBE_P99_MS` (500 ms), and delivery keeping up (at most 2 s of the rate not final
+   at the step's end) — or `--probe-steps` (12) have run. The highest step held is the
+   maximum: the rate the whole pipeline (accept and deliver) sustains for paced clients.
+   A closed-loop probe (wrk keeping 64 requests in flight) measures more, because a full
+   queue of requests lets the API and the workers write bigger batches: 80 % of wrk's
+   771/s was 616/s, and at that rate every core of the machine was busy.
 2. **The soak**, on another fresh database and freshly started processes of the same kind,
    with the API's backpressure at its production defaults (so that a queue that grows is
    refused and shows): SMS `POST /v1/messages` at a steady `--fraction` (0.8) of the maximum
@@ -51,9 +54,10 @@ RSS as above (memory stays flat while requests are refused), the sampled queue d
 overshoot), some requests refused, and nothing but 201 and 503 answered; p99 and "load held" are
 reported, not judged.
 
-`--quick`: a 2,000-message probe, then 1 minute (about 2 minutes in all); its verdicts are
-indicative only. Exits 1 if a request got anything but 201, an accepted message did not end
-`delivered`, or (not in quick mode) a verdict fails; 2 without wrk.
+`--quick`: probe steps of 10 s from 200 msg/s (at most 4), then 1 minute (about 2 minutes in
+all); its verdicts are indicative only. Exits 1 if a request got anything but 201, an accepted
+message did not end `delivered`, the probe held no step, or (not in quick mode) a verdict
+fails.
 """
 
 from __future__ import annotations
@@ -61,10 +65,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,9 +90,10 @@ from _scale import (
     wait_for_binds,
 )
 from accept import _raise_exit, machine_busy_s, plain_pg_url, process_cpu_s
-from scaling import LEASE_S, Run, drive_pipeline, process_env
+from scaling import LEASE_S, process_env
 
 MIB = 1024 * 1024
+PROBE_P99_MS = 500.0  # a probe step whose answers take longer than this is not held
 NOT_FINAL = ("scheduled", "queued", "sending", "sent")
 
 
@@ -235,27 +238,133 @@ def p99_verdict(soak: Soak) -> dict[str, Any]:
 # --- the runs --------------------------------------------------------------------------------
 
 
+@dataclass
+class Step:
+    """One step of the probe: `rate` msg/s, paced, for `--step-s`."""
+
+    rate: float
+    achieved: float = 0.0
+    skipped: int = 0
+    non_201: int = 0
+    p99_ms: float = 0.0
+    not_final: int = 0
+    machine_cores: float = 0.0  # every CPU's busy time over the step, everyone's
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def held(self) -> bool:
+        """Answered at the rate (95 %), nothing skipped or refused, p99 within
+        `PROBE_P99_MS`, and delivery keeping up (at most 2 s of the rate not final at the
+        step's end)."""
+        return (
+            self.achieved >= 0.95 * self.rate
+            and self.skipped == 0
+            and self.non_201 == 0
+            and self.p99_ms <= PROBE_P99_MS
+            and self.not_final <= 2 * self.rate
+        )
+
+
+async def probe_steps(cluster: BenchCluster, args: argparse.Namespace) -> list[Step]:
+    """Paced steps from `--probe-start` msg/s, each `--step-s` long and 10 % above the one
+    before, until one is not held (at most `--probe-steps`)."""
+    steps: list[Step] = []
+    conn = await asyncpg.connect(plain_pg_url(cluster.database_url))
+    first_index = 0
+    try:
+        rate = args.probe_start
+        print(
+            "| step msg/s | achieved | skipped | non-201 | p99 ms | not final | machine busy "
+            "cores | |",
+            flush=True,
+        )
+        for _ in range(args.probe_steps):
+            step = Step(rate)
+
+            def on_answer(_at: float, latency_s: float, status: int, step: Step = step) -> None:
+                step.latencies.append(latency_s)
+                step.non_201 += status != 201
+
+            busy_before, t_before = machine_busy_s()[0], time.monotonic()
+            result = await paced_load(
+                [cluster.api_url],
+                cluster.api_key,
+                rate=rate,
+                duration_s=args.step_s,
+                connections=args.connections,
+                on_answer=on_answer,
+                first_index=first_index,
+            )
+            first_index += result.scheduled + result.skipped
+            step.machine_cores = (machine_busy_s()[0] - busy_before) / (time.monotonic() - t_before)
+            step.achieved = result.answered / result.elapsed_s if result.elapsed_s else 0.0
+            step.skipped = result.skipped
+            step.p99_ms = percentile(step.latencies, 0.99) * 1000
+            step.latencies.clear()
+            step.not_final = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM messages WHERE status = ANY($1::text[])",
+                    list(NOT_FINAL),
+                )
+            )
+            steps.append(step)
+            print(
+                f"| {step.rate:,.0f} | {step.achieved:,.0f} | {step.skipped:,} | "
+                f"{step.non_201:,} | {step.p99_ms:.1f} | {step.not_final:,} | "
+                f"{step.machine_cores:.2f} | {'held' if step.held else 'NOT held'} |",
+                flush=True,
+            )
+            if not step.held:
+                break
+            rate *= 1.1
+    finally:
+        await conn.close()
+    return steps
+
+
 def probe_max(args: argparse.Namespace) -> float:
-    """accept + deliver messages/s of one wrk run of `--probe-messages` (scaling.py's
-    pipeline run, on its own fresh database)."""
-    run = Run("e2e", args.workers, args.probe_messages)
+    """The highest rate `probe_steps` held, on a fresh database with processes started as the
+    soak's are (without --overload's limits: the maximum is of the unthrottled pipeline)."""
+    cluster = start_cluster(args, overload=False)
+    try:
+        steps = run_uvloop(probe_steps(cluster, args))
+    finally:
+        cluster.close()
+    held = [s.rate for s in steps if s.held]
+    if not held:
+        raise RuntimeError(
+            f"the probe held not even its first step ({args.probe_start:g} msg/s): "
+            "try a lower --probe-start"
+        )
+    bound = " (every step held: a lower bound)" if steps[-1].held else ""
+    print(f"maximum: {held[-1]:,.0f} msg/s held, paced, accepted and delivered{bound}")
+    return held[-1]
+
+
+def start_cluster(args: argparse.Namespace, *, overload: bool) -> BenchCluster:
+    """serve, `--workers` workers (one bind each), the simulator and Redis on a fresh
+    database, the API's backpressure at its production defaults — or, `overload`, the
+    queue limit the run asks for and a carrier slower than the load."""
     cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
     try:
         cluster.create_database()
-        cluster.start_all(extra_env=process_env(args), connector_config={"binds": args.workers})
+        env = {
+            **process_env(args),
+            # Backpressure as in production (bench/accept.py's environment turns it off).
+            "AMNEX_MAX_QUEUE_DEPTH": str(args.max_queue_depth if overload else 200_000),
+            "AMNEX_MAX_ACCOUNT_BACKLOG": "50000",
+            "AMNEX_MAX_CONNECTOR_BACKLOG": "1000000" if overload else "100000",
+        }
+        connector: dict[str, Any] = {"binds": args.workers}
+        if overload:  # the carrier is the bottleneck: the queue in front of it grows
+            connector["throughput_per_s"] = args.carrier_rate
+        cluster.start_all(extra_env=env, connector_config=connector)
         wait_for_binds(cluster, args.workers)
-        run_uvloop(drive_pipeline(cluster, run, args, cap_s=args.cap_s))
-    finally:
-        cluster.failed = not run.ok
+    except BaseException:
+        cluster.failed = True
         cluster.close()
-    print(
-        f"maximum: {run.per_s:,.0f} msg/s accepted and delivered ({run.messages:,} SMS in "
-        f"{run.elapsed_s:.1f} s, final {run.final}, ok={run.ok})",
-        flush=True,
-    )
-    if not run.ok:
-        raise RuntimeError("the probe run failed; no maximum to take 80 % of")
-    return run.per_s
+        raise
+    return cluster
 
 
 async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace) -> None:
@@ -362,21 +471,9 @@ def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
     soak = Soak(max_rate, max_rate * args.fraction, args.minutes * 60)
     if args.overload:
         soak.overload_depth = args.max_queue_depth
-    cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
+    cluster: BenchCluster | None = None
     try:
-        cluster.create_database()
-        env = {
-            **process_env(args),
-            # Backpressure as in production (bench/accept.py's environment turns it off).
-            "AMNEX_MAX_QUEUE_DEPTH": str(args.max_queue_depth if args.overload else 200_000),
-            "AMNEX_MAX_ACCOUNT_BACKLOG": "50000",
-            "AMNEX_MAX_CONNECTOR_BACKLOG": "1000000" if args.overload else "100000",
-        }
-        connector: dict[str, Any] = {"binds": args.workers}
-        if args.overload:  # the carrier is the bottleneck: the queue in front of it grows
-            connector["throughput_per_s"] = args.carrier_rate
-        cluster.start_all(extra_env=env, connector_config=connector)
-        wait_for_binds(cluster, args.workers)
+        cluster = start_cluster(args, overload=args.overload)
         print(
             f"soak: {soak.target_rate:,.0f} msg/s ({args.fraction:.0%} of {max_rate:,.0f}) for "
             f"{soak.duration_s:.0f} s, a sample every {args.sample_s:g} s",
@@ -386,8 +483,9 @@ def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
     except Exception as exc:  # reported; the processes are stopped below
         soak.error = f"{type(exc).__name__}: {exc}"
     finally:
-        cluster.failed = not soak.correct
-        cluster.close()
+        if cluster is not None:
+            cluster.failed = not soak.correct
+            cluster.close()
     return soak
 
 
@@ -488,11 +586,17 @@ def json_rows(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) -> lis
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 minute after a small probe")
+    parser.add_argument("--quick", action="store_true", help="1 minute after a short probe")
     parser.add_argument("--minutes", type=float, default=None, help="soak length (10; quick 1)")
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--max-rate", type=float, default=None, help="skip the probe")
-    parser.add_argument("--probe-messages", type=int, default=None, help="(60000; quick 2000)")
+    parser.add_argument(
+        "--probe-start", type=float, default=None, help="the probe's first rate (400; quick 200)"
+    )
+    parser.add_argument(
+        "--step-s", type=float, default=None, help="each probe step's length (30; quick 10)"
+    )
+    parser.add_argument("--probe-steps", type=int, default=None, help="at most (12; quick 4)")
     parser.add_argument("--fraction", type=float, default=None, help="of the maximum (0.8)")
     parser.add_argument(
         "--overload", action="store_true", help="past the maximum, with a low queue limit"
@@ -505,11 +609,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--cap-s", type=int, default=400, help="bound on the probe")
     parser.add_argument("--drain-s", type=float, default=120.0, help="bound on the final wait")
     parser.add_argument("--worker-concurrency", type=int, default=500, help="sends in flight")
     parser.add_argument("--pool-size", type=int, default=5, help="AMNEX_DATABASE_POOL_SIZE")
-    parser.add_argument("--idle-s", type=float, default=3.0, help="the probe's idle measurement")
     parser.add_argument(
         "--pg-url",
         default=None,
@@ -524,15 +626,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
     args.fraction = args.fraction or 0.8
-    args.probe_messages = args.probe_messages or (2_000 if args.quick else 60_000)
+    args.probe_start = args.probe_start or (200.0 if args.quick else 400.0)
+    args.step_s = args.step_s or (10.0 if args.quick else 30.0)
+    args.probe_steps = args.probe_steps or (4 if args.quick else 12)
     if not 0 < args.fraction <= (3 if args.overload else 1):
         parser.error("--fraction in (0, 1], or (0, 3] with --overload")
     if args.minutes <= 0 or args.sample_s <= 0 or args.max_queue_depth < 1:
         parser.error("--minutes, --sample-s and --max-queue-depth positive")
     if args.minutes > 120:
         parser.error("--minutes: at most 120")
-    if args.workers < 1 or args.probe_messages < args.connections:
-        parser.error("--workers positive, --probe-messages at least --connections")
+    if args.workers < 1 or args.probe_start <= 0 or args.step_s <= 0 or args.probe_steps < 1:
+        parser.error("--workers, --probe-start, --step-s and --probe-steps positive")
+    if args.probe_steps > 30 or args.step_s > 300:
+        parser.error("--probe-steps: at most 30; --step-s: at most 300")
     for url in (args.pg_url or "", args.redis_url):
         if url and not loopback_only(url):
             parser.error(f"{url}: this benchmark runs on loopback only")
@@ -541,9 +647,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None and args.max_rate is None:
-        print("wrk is not installed: `apt-get install -y wrk`, then retry.", file=sys.stderr)
-        return 2
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     server: TempPostgres | None = None
     try:
