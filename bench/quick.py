@@ -75,7 +75,8 @@ QUICK: tuple[Quick, ...] = (
     # On PostgreSQL (a database of its own on --pg-url's server, dropped at the end) and the
     # machine's Redis (database 7): 1, 2 and 4 workers, 1 and 2 serve processes, one round.
     Quick("scaling", ("scaling.py", "--quick"), 300),
-    # A 2,000-message probe of the maximum, then one minute at 80 % of it, sampled every 10 s.
+    # Four 10-s paced steps from 200 msg/s for the maximum, then a minute at 80 % of the
+    # highest step held, sampled every 10 s.
     Quick("soak", ("soak.py", "--quick"), 300),
 )
 # The benchmarks that take --pg-url for the server they create their databases on.

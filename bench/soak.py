@@ -64,13 +64,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import re
 import signal
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 import httpx
@@ -109,6 +112,7 @@ class Sample:
     queue_depth: float | None
     not_final: int
     machine_cores: float  # every CPU's busy time, everyone's (2 = this machine saturated)
+    stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
 
 
 @dataclass
@@ -128,6 +132,8 @@ class Soak:
     overload_depth: int | None = None
     # The PostgreSQL server's `autovacuum` and what it did to `messages` by the end of the run.
     autovacuum: str = ""
+    database: str = ""  # the soak's database (for the server log's autovacuum lines)
+    server_log: ServerLog | None = None  # the run's own server only
     messages_vacuumed: int = 0
     messages_dead: int = 0
     messages_live: int = 0
@@ -164,6 +170,66 @@ class Soak:
             and bool(depths)
             and max(depths) <= 1.5 * self.overload_depth
         )
+
+
+# --- the server's log: autovacuum and checkpoints -------------------------------------------
+
+
+@dataclass
+class Maintenance:
+    """One autovacuum or analyze of `messages`, or one checkpoint, from the server's log."""
+
+    at: str  # the log line's time
+    elapsed_s: float
+    cpu_s: float = 0.0  # user + system (autovacuum); 0 for a checkpoint
+    detail: str = ""
+
+
+@dataclass
+class ServerLog:
+    vacuums: list[Maintenance] = field(default_factory=list)
+    analyzes: list[Maintenance] = field(default_factory=list)
+    checkpoints: list[Maintenance] = field(default_factory=list)
+
+
+LOG_ENTRY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)", re.MULTILINE)
+USAGE = re.compile(r"CPU: user: ([\d.]+) s, system: ([\d.]+) s, elapsed: ([\d.]+) s")
+PAGES = re.compile(r"pages: \d+ removed, (\d+) remain, (\d+) scanned")
+INDEX_SCANS = re.compile(r"index scans: (\d+)")
+CHECKPOINT = re.compile(r"wrote (\d+) buffers .*?total=([\d.]+) s")
+
+
+def read_server_log(text: str, database: str) -> ServerLog:
+    """Autovacuums and analyzes of `database`'s messages table and every checkpoint in `text`
+    (a PostgreSQL stderr log with `log_autovacuum_min_duration = 0`)."""
+    out = ServerLog()
+    starts = [m.start() for m in LOG_ENTRY.finditer(text)] + [len(text)]
+    table = f'"{database}.public.messages"'
+    reason = ""  # what started the checkpoint in progress: time, wal, immediate ...
+    for begin, end in itertools.pairwise(starts):
+        entry = text[begin:end]
+        at = entry[:23]
+        usage = USAGE.search(entry)
+        if table in entry and usage is not None:
+            user, system, elapsed = (float(g) for g in usage.groups())
+            record = Maintenance(at, elapsed, user + system)
+            if "automatic vacuum of table" in entry:
+                pages, scans = PAGES.search(entry), INDEX_SCANS.search(entry)
+                if pages is not None:
+                    record.detail = f"{pages[2]} of {pages[1]} pages scanned"
+                if scans is not None:
+                    record.detail += f", {scans[1]} index scan(s)"
+                out.vacuums.append(record)
+            elif "automatic analyze of table" in entry:
+                out.analyzes.append(record)
+        elif "checkpoint starting:" in entry:
+            reason = entry.split("checkpoint starting:", 1)[1].strip()
+        elif "checkpoint complete" in entry:
+            found = CHECKPOINT.search(entry)
+            if found is not None:
+                detail = f"started by: {reason}; {int(found[1]):,} buffers written"
+                out.checkpoints.append(Maintenance(at, float(found[2]), detail=detail))
+    return out
 
 
 # --- verdicts --------------------------------------------------------------------------------
@@ -397,14 +463,14 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         cpu_before = {name: process_cpu_s(pid) for name, pid in names.items()}
-        busy_before = machine_busy_s()[0]
+        busy_before, stolen_before = machine_busy_s()
         n_samples = int(soak.duration_s // args.sample_s)
         print(
             "| t (s) | answers | non-201 | p50 ms | p99 ms | RSS MiB "
             + " / ".join(names)
             + " | cores "
             + " / ".join(names)
-            + " | queue depth | not final | machine busy cores |",
+            + " | queue depth | not final | machine busy cores | stolen |",
             flush=True,
         )
         for k in range(1, n_samples + 1):
@@ -416,8 +482,9 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             cpu_now = {name: process_cpu_s(pid) for name, pid in names.items()}
             cores = {n: (cpu_now[n] - cpu_before[n]) / args.sample_s for n in names}
             cpu_before = cpu_now
-            busy_now = machine_busy_s()[0]
+            busy_now, stolen_now = machine_busy_s()
             machine_cores, busy_before = (busy_now - busy_before) / args.sample_s, busy_now
+            stolen_cores, stolen_before = (stolen_now - stolen_before) / args.sample_s, stolen_now
             not_final = await conn.fetchval(
                 "SELECT count(*) FROM messages WHERE status = ANY($1::text[])", list(NOT_FINAL)
             )
@@ -432,6 +499,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 queue_depth=await queue_depth(client, cluster.api_url),
                 not_final=int(not_final),
                 machine_cores=machine_cores,
+                stolen_cores=stolen_cores,
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -441,7 +509,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 + " / ".join(f"{v:.0f}" for v in sample.rss_mib.values())
                 + " | "
                 + " / ".join(f"{v:.2f}" for v in sample.cores.values())
-                + f" | {depth} | {sample.not_final:,} | {sample.machine_cores:.2f} |",
+                + f" | {depth} | {sample.not_final:,} | {sample.machine_cores:.2f} | "
+                f"{sample.stolen_cores:.2f} |",
                 flush=True,
             )
         result = await load
@@ -474,6 +543,7 @@ def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
     cluster: BenchCluster | None = None
     try:
         cluster = start_cluster(args, overload=args.overload)
+        soak.database = urlsplit(cluster.database_url).path.lstrip("/")
         print(
             f"soak: {soak.target_rate:,.0f} msg/s ({args.fraction:.0%} of {max_rate:,.0f}) for "
             f"{soak.duration_s:.0f} s, a sample every {args.sample_s:g} s",
@@ -545,6 +615,36 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
         f"{soak.autovacuum or '?'}; {soak.messages_vacuumed} times, "
         f"{soak.messages_dead:,} / {soak.messages_live:,} | |"
     )
+    if soak.server_log is not None:
+        log = soak.server_log
+        for name, runs in (("autovacuum", log.vacuums), ("autoanalyze", log.analyzes)):
+            if runs:
+                lines.append(
+                    f"| {name} of `messages` in the soak: runs; CPU s first / last / total; "
+                    f"elapsed s first / last | {len(runs)}; {runs[0].cpu_s:.2f} / "
+                    f"{runs[-1].cpu_s:.2f} / {sum(r.cpu_s for r in runs):.2f}; "
+                    f"{runs[0].elapsed_s:.1f} / {runs[-1].elapsed_s:.1f} | |"
+                )
+        lines.append(
+            "| checkpoints in the soak: count; total s each (written over "
+            "`checkpoint_completion_target`) | "
+            f"{len(log.checkpoints)}; "
+            + (", ".join(f"{c.elapsed_s:.0f}" for c in log.checkpoints) or "—")
+            + " | |"
+        )
+    return "\n".join(lines)
+
+
+def maintenance_table(log: ServerLog) -> str:
+    """Every autovacuum and analyze of `messages` and every checkpoint, in time order."""
+    rows = [("autovacuum", m) for m in log.vacuums]
+    rows += [("autoanalyze", m) for m in log.analyzes]
+    rows += [("checkpoint", m) for m in log.checkpoints]
+    rows.sort(key=lambda row: row[1].at)
+    lines = ["| at | what | elapsed s | CPU s | detail |", "|---|---|---:|---:|---|"]
+    for what, m in rows:
+        cpu = f"{m.cpu_s:.2f}" if what != "checkpoint" else "—"
+        lines.append(f"| {m.at[11:19]} | {what} | {m.elapsed_s:.1f} | {cpu} | {m.detail} |")
     return "\n".join(lines)
 
 
@@ -653,13 +753,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pg_url is None:
             # A server of this run's own, as PostgreSQL ships (autovacuum on): the machine's
             # shared one may be tuned for test suites (this machine's runs with autovacuum off).
-            server = TempPostgres()
+            server = TempPostgres(settings="log_autovacuum_min_duration = 0\n")
             server.init()
             server.start()
             args.pg_url = server.admin_url
             print(f"PostgreSQL of this run: {server.admin_url} (initdb defaults)", flush=True)
         max_rate = args.max_rate if args.max_rate is not None else probe_max(args)
+        log_from = server.log.stat().st_size if server is not None else 0
         soak = run_soak(args, max_rate)
+        if server is not None:
+            with server.log.open(errors="replace") as text:
+                text.seek(log_from)
+                soak.server_log = read_server_log(text.read(), soak.database)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server is not None:
@@ -685,6 +790,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ERROR {soak.error}")
     print()
     print(summary_table(soak, rss, p99))
+    if soak.server_log is not None:
+        print()
+        print("PostgreSQL's maintenance during the soak (its log):")
+        print(maintenance_table(soak.server_log))
     if args.json:
         print(
             json.dumps(

@@ -258,6 +258,8 @@ class TempPostgres:
     directory. `close()` stops it (immediate) and removes the directory."""
 
     bindir: Path = PG_BINDIR
+    # More postgresql.conf lines (bench/soak.py: log every autovacuum).
+    settings: str = ""
     port: int = field(default_factory=free_port)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="amnex-chaos-pg-")))
 
@@ -294,7 +296,7 @@ class TempPostgres:
             conf.write(
                 f"\n# bench/chaos\nlisten_addresses = '{HOST}'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\nmax_connections = 300\n"
-                "shared_buffers = 128MB\n"
+                "shared_buffers = 128MB\n" + self.settings
             )
 
     def start(self) -> None:
