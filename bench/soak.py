@@ -72,6 +72,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,6 +97,17 @@ from accept import _raise_exit, machine_busy_s, plain_pg_url, process_cpu_s
 from scaling import LEASE_S, process_env
 
 MIB = 1024 * 1024
+SLOW_STATEMENT_MS = 500
+# The server's WAL so far (PostgreSQL 14+; pg_stat_wal counts full-page images, not their
+# bytes: at 8 KiB a page, an upper bound of what they took).
+WAL_STATS = "SELECT wal_bytes, wal_fpi * 8192::numeric AS fpi_bytes FROM pg_stat_wal"
+# The run's own server logs its maintenance and slow statements (read back by read_server_log).
+SERVER_LOGGING = (
+    "log_autovacuum_min_duration = 0\n"
+    f"log_min_duration_statement = {SLOW_STATEMENT_MS}\n"
+    "log_lock_waits = on\n"
+    "log_line_prefix = '%m [%p] [%d] '\n"
+)
 PROBE_P99_MS = 500.0  # a probe step whose answers take longer than this is not held
 NOT_FINAL = ("scheduled", "queued", "sending", "sent")
 
@@ -113,6 +125,7 @@ class Sample:
     not_final: int
     machine_cores: float  # every CPU's busy time, everyone's (2 = this machine saturated)
     stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
+    io_full: float | None  # share of the window every runnable task waited on I/O (PSI)
 
 
 @dataclass
@@ -134,6 +147,10 @@ class Soak:
     autovacuum: str = ""
     database: str = ""  # the soak's database (for the server log's autovacuum lines)
     server_log: ServerLog | None = None  # the run's own server only
+    # WAL the server wrote from the start of the load until every message was final, and
+    # how much of it was full-page images (the first change to a page after a checkpoint).
+    wal_bytes: int = 0
+    wal_fpi_bytes: int = 0
     messages_vacuumed: int = 0
     messages_dead: int = 0
     messages_live: int = 0
@@ -172,6 +189,19 @@ class Soak:
         )
 
 
+def io_stalled_s() -> float | None:
+    """Seconds since boot in which every non-idle task waited on I/O (the kernel's pressure
+    stall information, `full` line of /proc/pressure/io); None where the kernel has none."""
+    try:
+        text = Path("/proc/pressure/io").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("full "):
+            return int(line.rsplit("total=", 1)[1]) / 1e6
+    return None
+
+
 # --- the server's log: autovacuum and checkpoints -------------------------------------------
 
 
@@ -190,13 +220,22 @@ class ServerLog:
     vacuums: list[Maintenance] = field(default_factory=list)
     analyzes: list[Maintenance] = field(default_factory=list)
     checkpoints: list[Maintenance] = field(default_factory=list)
+    # Statements of the soak's database that took longer than `log_min_duration_statement`.
+    slow: list[Maintenance] = field(default_factory=list)
+    # Waits for a lock longer than deadlock_timeout (1 s), `log_lock_waits`.
+    lock_waits: list[Maintenance] = field(default_factory=list)
 
 
 LOG_ENTRY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)", re.MULTILINE)
 USAGE = re.compile(r"CPU: user: ([\d.]+) s, system: ([\d.]+) s, elapsed: ([\d.]+) s")
 PAGES = re.compile(r"pages: \d+ removed, (\d+) remain, (\d+) scanned")
 INDEX_SCANS = re.compile(r"index scans: (\d+)")
-CHECKPOINT = re.compile(r"wrote (\d+) buffers .*?total=([\d.]+) s")
+CHECKPOINT = re.compile(
+    r"wrote (\d+) buffers .*?write=([\d.]+) s, sync=([\d.]+) s, total=([\d.]+) s.*?"
+    r"longest=([\d.]+) s"
+)
+LOCK_WAIT = re.compile(r"still waiting for (\w+) on .*? after ([\d.]+) ms")
+SLOW = re.compile(r"duration: ([\d.]+) ms  (?:statement|execute [^:]*): +(\S+)")
 
 
 def read_server_log(text: str, database: str) -> ServerLog:
@@ -227,8 +266,15 @@ def read_server_log(text: str, database: str) -> ServerLog:
         elif "checkpoint complete" in entry:
             found = CHECKPOINT.search(entry)
             if found is not None:
-                detail = f"started by: {reason}; {int(found[1]):,} buffers written"
-                out.checkpoints.append(Maintenance(at, float(found[2]), detail=detail))
+                detail = (
+                    f"started by: {reason}; {int(found[1]):,} buffers written; write "
+                    f"{found[2]} s, sync {found[3]} s (longest file {found[5]} s)"
+                )
+                out.checkpoints.append(Maintenance(at, float(found[4]), detail=detail))
+        elif f"[{database}]" in entry and (slow := SLOW.search(entry)) is not None:
+            out.slow.append(Maintenance(at, float(slow[1]) / 1000, detail=slow[2].upper()))
+        elif f"[{database}]" in entry and (wait := LOCK_WAIT.search(entry)) is not None:
+            out.lock_waits.append(Maintenance(at, float(wait[2]) / 1000, detail=wait[1]))
     return out
 
 
@@ -448,6 +494,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
     client = httpx.AsyncClient()
     cpu_start = time.process_time()
     try:
+        wal_before = await conn.fetchrow(WAL_STATS)
         stop = asyncio.Event()
         load = asyncio.create_task(
             paced_load(
@@ -464,13 +511,14 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
         t0 = loop.time()
         cpu_before = {name: process_cpu_s(pid) for name, pid in names.items()}
         busy_before, stolen_before = machine_busy_s()
+        io_before = io_stalled_s()
         n_samples = int(soak.duration_s // args.sample_s)
         print(
             "| t (s) | answers | non-201 | p50 ms | p99 ms | RSS MiB "
             + " / ".join(names)
             + " | cores "
             + " / ".join(names)
-            + " | queue depth | not final | machine busy cores | stolen |",
+            + " | queue depth | not final | machine busy cores | stolen | I/O full |",
             flush=True,
         )
         for k in range(1, n_samples + 1):
@@ -485,6 +533,13 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             busy_now, stolen_now = machine_busy_s()
             machine_cores, busy_before = (busy_now - busy_before) / args.sample_s, busy_now
             stolen_cores, stolen_before = (stolen_now - stolen_before) / args.sample_s, stolen_now
+            io_now = io_stalled_s()
+            io_full = (
+                (io_now - io_before) / args.sample_s
+                if io_now is not None and io_before is not None
+                else None
+            )
+            io_before = io_now
             not_final = await conn.fetchval(
                 "SELECT count(*) FROM messages WHERE status = ANY($1::text[])", list(NOT_FINAL)
             )
@@ -500,6 +555,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 not_final=int(not_final),
                 machine_cores=machine_cores,
                 stolen_cores=stolen_cores,
+                io_full=io_full,
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -510,7 +566,9 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 + " | "
                 + " / ".join(f"{v:.2f}" for v in sample.cores.values())
                 + f" | {depth} | {sample.not_final:,} | {sample.machine_cores:.2f} | "
-                f"{sample.stolen_cores:.2f} |",
+                f"{sample.stolen_cores:.2f} | "
+                + ("—" if sample.io_full is None else f"{sample.io_full:.0%}")
+                + " |",
                 flush=True,
             )
         result = await load
@@ -520,6 +578,9 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             (time.process_time() - cpu_start) / result.answered * 1e6 if result.answered else 0.0
         )
         soak.final = await wait_final(conn, soak.accepted, time.monotonic() + args.drain_s)
+        wal_after = await conn.fetchrow(WAL_STATS)
+        soak.wal_bytes = int(wal_after["wal_bytes"] - wal_before["wal_bytes"])
+        soak.wal_fpi_bytes = int(wal_after["fpi_bytes"] - wal_before["fpi_bytes"])
         soak.autovacuum = str(await conn.fetchval("SHOW autovacuum"))
         table = await conn.fetchrow(
             "SELECT autovacuum_count + vacuum_count AS vacuumed, n_dead_tup, n_live_tup "
@@ -615,6 +676,12 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
         f"{soak.autovacuum or '?'}; {soak.messages_vacuumed} times, "
         f"{soak.messages_dead:,} / {soak.messages_live:,} | |"
     )
+    if soak.wal_bytes and soak.accepted:
+        lines.append(
+            "| WAL written, load start to all final: per SMS; full-page images (at most) | "
+            f"{soak.wal_bytes / soak.accepted / 1024:.1f} KiB; "
+            f"{min(1.0, soak.wal_fpi_bytes / soak.wal_bytes):.0%} | |"
+        )
     if soak.server_log is not None:
         log = soak.server_log
         for name, runs in (("autovacuum", log.vacuums), ("autoanalyze", log.analyzes)):
@@ -625,6 +692,25 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
                     f"{runs[-1].cpu_s:.2f} / {sum(r.cpu_s for r in runs):.2f}; "
                     f"{runs[0].elapsed_s:.1f} / {runs[-1].elapsed_s:.1f} | |"
                 )
+        kinds: dict[str, int] = {}
+        for statement in log.slow:
+            kinds[statement.detail] = kinds.get(statement.detail, 0) + 1
+        lines.append(
+            f"| statements over {SLOW_STATEMENT_MS} ms in the soak: by kind; longest | "
+            + (", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())) or "none")
+            + (f"; {max(m.elapsed_s for m in log.slow):.1f} s" if log.slow else "")
+            + " | |"
+        )
+        lines.append(
+            "| lock waits over 1 s in the soak: count; longest | "
+            + (
+                f"{len(log.lock_waits)}; {max(m.elapsed_s for m in log.lock_waits):.1f} s "
+                f"({log.lock_waits[0].detail} first)"
+                if log.lock_waits
+                else "none"
+            )
+            + " | |"
+        )
         lines.append(
             "| checkpoints in the soak: count; total s each (written over "
             "`checkpoint_completion_target`) | "
@@ -753,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pg_url is None:
             # A server of this run's own, as PostgreSQL ships (autovacuum on): the machine's
             # shared one may be tuned for test suites (this machine's runs with autovacuum off).
-            server = TempPostgres(settings="log_autovacuum_min_duration = 0\n")
+            server = TempPostgres(settings=SERVER_LOGGING)
             server.init()
             server.start()
             args.pg_url = server.admin_url
