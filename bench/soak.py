@@ -69,6 +69,8 @@ import json
 import re
 import signal
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,9 @@ SERVER_LOGGING = (
     "log_autovacuum_min_duration = 0\n"
     f"log_min_duration_statement = {SLOW_STATEMENT_MS}\n"
     "log_lock_waits = on\n"
+    # The plan of every statement over that bound: a plan that changed after an ANALYZE shows.
+    "session_preload_libraries = 'auto_explain'\n"
+    f"auto_explain.log_min_duration = {SLOW_STATEMENT_MS}\n"
     "log_line_prefix = '%m [%p] [%d] '\n"
 )
 PROBE_P99_MS = 500.0  # a probe step whose answers take longer than this is not held
@@ -854,6 +859,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server is not None:
+            if args.keep_logs:
+                kept = Path(tempfile.mkdtemp(prefix="amnex-soak-pg-"))
+                server.copy_log(kept)
+                print(f"PostgreSQL's log kept in {kept}", file=sys.stderr)
             server.close()
     rss = rss_verdicts(soak)
     p99 = p99_verdict(soak)
