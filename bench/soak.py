@@ -207,12 +207,13 @@ def io_stalled_s() -> float | None:
     return None
 
 
-# --- the server's log: autovacuum and checkpoints -------------------------------------------
+# --- the server's log: autovacuum, checkpoints, slow statements, lock waits --------------------
 
 
 @dataclass
 class Maintenance:
-    """One autovacuum or analyze of `messages`, or one checkpoint, from the server's log."""
+    """One autovacuum or analyze of `messages`, checkpoint, slow statement or lock wait, from
+    the server's log."""
 
     at: str  # the log line's time
     elapsed_s: float
@@ -244,8 +245,9 @@ SLOW = re.compile(r"duration: ([\d.]+) ms  (?:statement|execute [^:]*): +(\S+)")
 
 
 def read_server_log(text: str, database: str) -> ServerLog:
-    """Autovacuums and analyzes of `database`'s messages table and every checkpoint in `text`
-    (a PostgreSQL stderr log with `log_autovacuum_min_duration = 0`)."""
+    """Autovacuums and analyzes of `database`'s messages table, its slow statements and lock
+    waits, and every checkpoint in `text` (a PostgreSQL stderr log written with
+    `SERVER_LOGGING`)."""
     out = ServerLog()
     starts = [m.start() for m in LOG_ENTRY.finditer(text)] + [len(text)]
     table = f'"{database}.public.messages"'
