@@ -27,7 +27,11 @@ PostgreSQL: unless `--pg-url` names a server, the run starts one of its own (ben
 free loopback port) and removes it at the end. A soak measures drift, and a server tuned for
 test suites is not what it should drift on: this machine's shared server runs with
 autovacuum off, under which `messages` only grows dead rows. The summary names the server's
-`autovacuum` and how often `messages` was vacuumed.
+`autovacuum` and how often `messages` was vacuumed, and the WAL written per SMS. The run's own
+server also logs (`SERVER_LOGGING`) every autovacuum, statements over 500 ms with their plans,
+lock waits over a second and checkpoints; what it logged during the soak is summed up and
+listed after the summary. Every sample also records CPU stolen by the hypervisor and the
+share of time every task waited on I/O.
 
 Verdicts:
 
