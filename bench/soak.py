@@ -198,6 +198,15 @@ class Soak:
         )
 
 
+async def not_final(conn: Any) -> int:
+    """Messages of the run's database that are not final yet."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE status = ANY($1::text[])", list(NOT_FINAL)
+        )
+    )
+
+
 def io_stalled_s() -> float | None:
     """Seconds since boot in which every non-idle task waited on I/O (the kernel's pressure
     stall information, `full` line of /proc/pressure/io); None where the kernel has none."""
@@ -424,12 +433,7 @@ async def probe_steps(cluster: BenchCluster, args: argparse.Namespace) -> list[S
             step.skipped = result.skipped
             step.p99_ms = percentile(step.latencies, 0.99) * 1000
             step.latencies.clear()
-            step.not_final = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM messages WHERE status = ANY($1::text[])",
-                    list(NOT_FINAL),
-                )
-            )
+            step.not_final = await not_final(conn)
             steps.append(step)
             print(
                 f"| {step.rate:,.0f} | {step.achieved:,.0f} | {step.skipped:,} | "
@@ -551,9 +555,6 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 else None
             )
             io_before = io_now
-            not_final = await conn.fetchval(
-                "SELECT count(*) FROM messages WHERE status = ANY($1::text[])", list(NOT_FINAL)
-            )
             sample = Sample(
                 t_s=loop.time() - t0,
                 answered=len(window),
@@ -563,7 +564,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 rss_mib={n: rss_bytes(pid) / MIB for n, pid in names.items()},
                 cores=cores,
                 queue_depth=await queue_depth(client, cluster.api_url),
-                not_final=int(not_final),
+                not_final=await not_final(conn),
                 machine_cores=machine_cores,
                 stolen_cores=stolen_cores,
                 io_full=io_full,

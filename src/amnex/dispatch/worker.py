@@ -91,7 +91,7 @@ class Dispatcher:
         lease_s: float,
         poll_interval_s: float,
         shutdown_grace_s: float,
-        claim_coalesce_s: float = 0.1,
+        claim_coalesce_s: float,
         owner: str | None = None,
         receipt_wait_s: float = 172_800.0,
         receipt_grace_s: float = 600.0,
