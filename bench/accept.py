@@ -366,6 +366,29 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
+def server_cpu_s(postmaster: int) -> float:
+    """CPU seconds of a whole PostgreSQL server: the postmaster, its living children
+    (backends, WAL writer, checkpointer, autovacuum workers) and the children it has reaped."""
+    try:
+        stat = Path(f"/proc/{postmaster}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime stime cutime cstime: its own and its reaped children's.
+    total = sum(int(v) for v in fields[11:15]) * _TICK_S
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = (entry / "stat").read_text()
+        except OSError:
+            continue
+        rest = child[child.rindex(")") + 2 :].split()
+        if int(rest[1]) == postmaster:  # field 4, ppid
+            total += (int(rest[11]) + int(rest[12])) * _TICK_S
+    return total
+
+
 def postgres_cpu_s(pids: list[int]) -> dict[int, float]:
     """CPU seconds of the given PostgreSQL backends (the server's pooled connections)."""
     return {pid: process_cpu_s(pid) for pid in pids}

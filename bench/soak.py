@@ -2,7 +2,8 @@
 memory and latency for drift.
 
 1. **The maximum** (unless `--max-rate` is given): one `amnex serve`, `--workers` (2)
-   `amnex worker` (one bind each) and the SMSC simulator on a fresh database, started as the
+   `amnex worker` (one bind each, at nice `--worker-nice`, 5, as docs/deployment.md's worker
+   unit runs them beside the API) and the SMSC simulator on a fresh database, started as the
    soak's are, sent SMS by the soak's own generator (open loop, below) in steps: from
    `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 % above the one before,
    until a step is not held — answered at 95 % of its rate, nothing skipped or refused, p99
@@ -19,7 +20,8 @@ memory and latency for drift.
    scheduled time whatever the answers do, on 64 keep-alive connections; latency counts from
    the scheduled time). Every `--sample-s` (10) s: the RSS (VmRSS) of serve and of each
    worker, the p50/p99 latency of the answers of that window, the API's `amnex_queue_depth`
-   (due, not yet claimed), the messages not final yet, and the CPU cores each process used.
+   (due, not yet claimed), the messages not final yet, and the CPU cores each process used
+   (and, on the run's own server, all of PostgreSQL's processes together).
    After the load, at most `--drain-s` for every accepted message to be final.
 
 PostgreSQL: unless `--pg-url` names a server, the run starts one of its own (bench/chaos's
@@ -46,7 +48,7 @@ Verdicts:
   (the generator bounds its own backlog at 5 s of requests).
 
     .venv/bin/python bench/soak.py [--quick] [--minutes 10] [--max-rate R] [--fraction 0.8]
-        [--workers 2] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
+        [--workers 2] [--worker-nice 5] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
         [--redis-url redis://127.0.0.1:6379/7] [--json]
 
 `--overload`: the same, with the carrier slower than the clients — the connector's
@@ -99,7 +101,7 @@ from _scale import (
     wait_final,
     wait_for_binds,
 )
-from accept import _raise_exit, machine_busy_s, plain_pg_url, process_cpu_s
+from accept import _raise_exit, machine_busy_s, plain_pg_url, process_cpu_s, server_cpu_s
 from scaling import LEASE_S, process_env
 
 MIB = 1024 * 1024
@@ -133,6 +135,7 @@ class Sample:
     queue_depth: float | None
     not_final: int
     machine_cores: float  # every CPU's busy time, everyone's (2 = this machine saturated)
+    pg_cores: float | None  # the run's own PostgreSQL server, all its processes
     stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
     io_full: float | None  # share of the window every runnable task waited on I/O (PSI)
 
@@ -472,7 +475,9 @@ def start_cluster(args: argparse.Namespace, *, overload: bool) -> BenchCluster:
     """serve, `--workers` workers (one bind each), the simulator and Redis on a fresh
     database, the API's backpressure at its production defaults — or, `overload`, the
     queue limit the run asks for and a carrier slower than the load."""
-    cluster = BenchCluster(args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs)
+    cluster = BenchCluster(
+        args.pg_url, args.workers, LEASE_S, keep_logs=args.keep_logs, worker_nice=args.worker_nice
+    )
     try:
         cluster.create_database()
         env = {
@@ -526,6 +531,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
         t0 = loop.time()
         cpu_before = {name: process_cpu_s(pid) for name, pid in names.items()}
         busy_before, stolen_before = machine_busy_s()
+        postmaster = args.postmaster_pid
+        pg_before = server_cpu_s(postmaster) if postmaster else None
         io_before = io_stalled_s()
         n_samples = int(soak.duration_s // args.sample_s)
         print(
@@ -533,7 +540,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             + " / ".join(names)
             + " | cores "
             + " / ".join(names)
-            + " | queue depth | not final | machine busy cores | stolen | I/O full |",
+            + " | queue depth | not final | machine busy cores | PostgreSQL cores | stolen "
+            "| I/O full |",
             flush=True,
         )
         for k in range(1, n_samples + 1):
@@ -548,6 +556,10 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             busy_now, stolen_now = machine_busy_s()
             machine_cores, busy_before = (busy_now - busy_before) / args.sample_s, busy_now
             stolen_cores, stolen_before = (stolen_now - stolen_before) / args.sample_s, stolen_now
+            pg_cores = None
+            if postmaster and pg_before is not None:
+                pg_now = server_cpu_s(postmaster)
+                pg_cores, pg_before = (pg_now - pg_before) / args.sample_s, pg_now
             io_now = io_stalled_s()
             io_full = (
                 (io_now - io_before) / args.sample_s
@@ -566,6 +578,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 queue_depth=await queue_depth(client, cluster.api_url),
                 not_final=await not_final(conn),
                 machine_cores=machine_cores,
+                pg_cores=pg_cores,
                 stolen_cores=stolen_cores,
                 io_full=io_full,
             )
@@ -578,7 +591,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 + " | "
                 + " / ".join(f"{v:.2f}" for v in sample.cores.values())
                 + f" | {depth} | {sample.not_final:,} | {sample.machine_cores:.2f} | "
-                f"{sample.stolen_cores:.2f} | "
+                + ("—" if sample.pg_cores is None else f"{sample.pg_cores:.2f}")
+                + f" | {sample.stolen_cores:.2f} | "
                 + ("—" if sample.io_full is None else f"{sample.io_full:.0%}")
                 + " |",
                 flush=True,
@@ -675,6 +689,12 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
             f"{statistics.median(s.machine_cores for s in soak.samples):.2f} cores "
             f"({statistics.median(sum(s.cores.values()) for s in soak.samples):.2f}) | |"
         )
+        pg = [s.pg_cores for s in soak.samples if s.pg_cores is not None]
+        if pg:
+            lines.append(
+                "| PostgreSQL, all its processes: median / highest sample | "
+                f"{statistics.median(pg):.2f} / {max(pg):.2f} cores | |"
+            )
     if soak.overload_depth is not None:
         depths = [s.queue_depth for s in soak.samples if s.queue_depth is not None]
         lines.append(
@@ -811,6 +831,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-concurrency", type=int, default=500, help="sends in flight")
     parser.add_argument("--pool-size", type=int, default=5, help="AMNEX_DATABASE_POOL_SIZE")
     parser.add_argument(
+        "--worker-nice", type=int, default=5, help="the workers' nice value (systemd's Nice=)"
+    )
+    parser.add_argument(
         "--pg-url",
         default=None,
         help="server to create databases on (default: one of the run's own, PostgreSQL's "
@@ -823,6 +846,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = parser.parse_args(argv)
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
+    args.postmaster_pid = None  # set when the run starts a server of its own
     args.fraction = args.fraction or 0.8
     args.probe_start = args.probe_start or (200.0 if args.quick else 400.0)
     args.step_s = args.step_s or (10.0 if args.quick else 30.0)
@@ -855,6 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.init()
             server.start()
             args.pg_url = server.admin_url
+            args.postmaster_pid = server.postmaster_pid()
             print(f"PostgreSQL of this run: {server.admin_url} (initdb defaults)", flush=True)
         max_rate = args.max_rate if args.max_rate is not None else probe_max(args)
         log_from = server.log.stat().st_size if server is not None else 0
@@ -881,7 +906,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = soak.correct and (args.quick or verdicts_ok)
     print()
     print(
-        f"Soak on PostgreSQL, {args.workers} workers, {soak.duration_s / 60:g} min at "
+        f"Soak on PostgreSQL, {args.workers} workers"
+        + (f" (nice {args.worker_nice})" if args.worker_nice else "")
+        + f", {soak.duration_s / 60:g} min at "
         f"{args.fraction:.0%} of the maximum"
         + (f", max_queue_depth {args.max_queue_depth:,}" if args.overload else "")
         + f" — correctness {'PASS' if soak.correct else 'FAIL'}, "

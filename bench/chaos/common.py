@@ -308,6 +308,12 @@ class TempPostgres:
     def running(self) -> bool:
         return (self.datadir / "postmaster.pid").exists()
 
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
     def copy_log(self, directory: Path) -> None:
         with contextlib.suppress(OSError):
             shutil.copy(self.log, directory / "postgres.log")
