@@ -2,7 +2,7 @@
 
 With bind leases a worker may hold none of a connector's binds. The claim passes such
 messages over (`can_attempt`), and one claimed anyway is given back untried (`NotAttempted`):
-queued, due at once, its attempt not counted, no event and so no webhook.
+queued, due at once, its attempt not counted, with a `queued` event that says why.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ async def test_the_claim_skips_the_messages_it_is_told_to(
 # Giving a message back
 
 
-async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_no_event(
+async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_says_why(
     settings: Settings, db: Database, account: AccountHandle
 ) -> None:
     await add_endpoint(db, settings, account)
@@ -188,7 +188,7 @@ async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_n
     # When worker A gives it back untried
     async with db.unit_of_work() as session:
         applied = await claim.record_not_attempted(
-            session, message_id=message_id, owner="worker-a", now=utc_now()
+            session, message_id=message_id, owner="worker-a", reason="no_bind_here", now=utc_now()
         )
 
     # Then it is queued and due now, with no lease and no attempt counted
@@ -199,9 +199,17 @@ async def test_a_message_given_back_untried_is_due_at_once_with_no_attempt_and_n
     assert message.next_attempt_at is not None
     assert message.next_attempt_at <= utc_now()
     assert message.error_code is None
-    # And nothing was recorded that a client would be told about
-    assert len(await message_events(db, message_id)) == events_before
-    assert await outbox_rows(db) == outbox_before
+    # And the transition is in its history, with why, like any other (the webhook endpoint
+    # is told of it as of every `queued` event)
+    events = await message_events(db, message_id)
+    assert len(events) == events_before + 1
+    back = events[-1]
+    assert (back.status, back.detail, back.error_code) == (
+        "queued",
+        {"reason": "no_bind_here"},
+        None,
+    )
+    assert await outbox_rows(db) == outbox_before + 1
     # And the next worker's claim is the message's first attempt again
     async with db.unit_of_work() as session:
         (again,) = await claim.claim_due_messages(
@@ -224,7 +232,7 @@ async def test_giving_back_a_lease_this_worker_lost_changes_nothing(
 
     async with db.unit_of_work() as session:
         applied = await claim.record_not_attempted(
-            session, message_id=message_id, owner="worker-a", now=utc_now()
+            session, message_id=message_id, owner="worker-a", reason="no_bind_here", now=utc_now()
         )
 
     assert applied is False
@@ -280,11 +288,14 @@ async def test_the_dispatcher_gives_back_what_the_channel_did_not_try_and_holds_
             lambda: load_message(db, message_id), lambda m: m.status == "delivered", timeout_s=10
         )
 
-    # Then the message was tried once and delivered: one attempt, no failure, no retry event
+    # Then the message was tried once and delivered: one attempt, no failure; its history
+    # shows the claim given back and the next one, both at attempt 1
     assert message.attempts == 1
     assert message.error_code is None
     history = await message_events(db, message_id)
-    assert [e.status for e in history] == ["queued", "sending", "sending", "delivered"]
+    assert [e.status for e in history] == ["queued", "sending", "queued", "sending", "delivered"]
+    assert history[2].detail == {"reason": "no_bind_here"}
+    assert [e.seq for e in history] == [1, 2, 3, 4, 5]
     assert [(e.detail or {}).get("attempt") for e in history if e.status == "sending"] == [1, 1]
     # And the worker left it alone for the hold-off rather than taking it straight back
     (first_at, _), (second_at, second) = channel.calls

@@ -21,7 +21,8 @@ can send it rather than waiting behind one that cannot. A claim that passed mess
 looks further down the queue, a few batches deep at most (`CLAIM_ROUNDS`), so a backlog for
 a connector this worker has no bind of does not starve it of the messages it can send. A
 message claimed anyway (the binds moved between the claim and the send) is given back untried
-(`record_not_attempted`): queued and due at once, its attempt not counted, no event.
+(`record_not_attempted`): queued and due at once, its attempt not counted, with a `queued`
+event saying why (`{"reason": "no_bind_here"}`).
 
 Recording an outcome re-reads the row under a lock and applies it only if this worker still
 holds the lease: a worker that lost its lease (it stalled, another worker reclaimed the row)
@@ -619,22 +620,20 @@ async def record_retry(
 
 
 async def record_not_attempted(
-    session: AsyncSession, *, message_id: str, owner: str, now: datetime
+    session: AsyncSession, *, message_id: str, owner: str, reason: str, now: datetime
 ) -> bool:
-    """Give back a message this worker claimed but could not try (the channel said why).
+    """Give back a message this worker claimed but could not try (`reason`: the channel's code).
 
     Queued and due at once for another worker, its lease ended, and the attempt the claim
-    counted taken back. No event: nothing happened that a client would act on (a `queued`
-    event would be a `message.queued` webhook), and the claim's `sending` event has no
-    webhook type; the next claim records its own, with the same attempt number. The last
-    failure's `error_code`, if any, stays: it is still the last thing that went wrong.
+    counted taken back; the `queued` event says why (`{"reason": ...}`), as a lease given back
+    at shutdown does, and the next claim records its own `sending` with the same attempt
+    number. The last failure's `error_code`, if any, stays: it is still the last thing that
+    went wrong.
     """
     message = await _leased(session, message_id, owner)
     if message is None:
         return False
-    check_transition(Status.SENDING, Status.QUEUED)
-    message.status = Status.QUEUED.value
-    message.updated_at = now
+    transition(session, message, Status.QUEUED, at=now, detail={"reason": reason})
     message.attempts = max(0, message.attempts - 1)
     message.next_attempt_at = now
     _release_lease(message)

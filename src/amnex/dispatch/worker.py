@@ -319,7 +319,7 @@ class Dispatcher:
         # next claim must not take it straight back.
         loop = asyncio.get_running_loop()
         self._held_off[message.id] = loop.time() + NOT_ATTEMPTED_HOLD_S
-        await self._record(claim.record_not_attempted, message_id=message.id)
+        await self._record(claim.record_not_attempted, message_id=message.id, reason=exc.code)
         log.debug("message %s given back untried (%s)", message.id, exc.code)
 
     async def _record_error(self, item: claim.ClaimedMessage, exc: DeliveryError) -> None:
