@@ -2,8 +2,8 @@
 memory and latency for drift.
 
 1. **The maximum** (unless `--max-rate` is given): one `amnex serve`, `--workers` (2)
-   `amnex worker` (one bind each, at nice `--worker-nice`, 5, as docs/deployment.md's worker
-   unit runs them beside the API) and the SMSC simulator on a fresh database, started as the
+   `amnex worker` (one bind each; `--worker-nice` N starts them at a lower priority than the
+   API, as systemd's `Nice=` would) and the SMSC simulator on a fresh database, started as the
    soak's are, sent SMS by the soak's own generator (open loop, below) in steps: from
    `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 % above the one before,
    until a step is not held — answered at 95 % of its rate, nothing skipped or refused, p99
@@ -48,7 +48,7 @@ Verdicts:
   (the generator bounds its own backlog at 5 s of requests).
 
     .venv/bin/python bench/soak.py [--quick] [--minutes 10] [--max-rate R] [--fraction 0.8]
-        [--workers 2] [--worker-nice 5] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
+        [--workers 2] [--worker-nice 0] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
         [--redis-url redis://127.0.0.1:6379/7] [--json]
 
 `--overload`: the same, with the carrier slower than the clients — the connector's
@@ -831,7 +831,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-concurrency", type=int, default=500, help="sends in flight")
     parser.add_argument("--pool-size", type=int, default=5, help="AMNEX_DATABASE_POOL_SIZE")
     parser.add_argument(
-        "--worker-nice", type=int, default=5, help="the workers' nice value (systemd's Nice=)"
+        "--worker-nice", type=int, default=0, help="the workers' nice value (systemd's Nice=)"
     )
     parser.add_argument(
         "--pg-url",
