@@ -296,6 +296,10 @@ class HttpConnection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        if self._reader is not None and self._reader.at_eof():
+            # The server closed it while it was idle (its keep-alive timeout, 5 s for
+            # uvicorn): a slow rate on many connections leaves each idle that long.
+            await self.close()
         if self._writer is None or self._reader is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._reader, self._writer
