@@ -80,7 +80,8 @@ class BenchCluster(Cluster):
 
     metrics_ports: dict[int, int] = field(default_factory=dict)
     # Workers' scheduling priority (`nice`), as systemd's `Nice=` would set it: 0 is the
-    # API's own; a positive value lets the API and PostgreSQL have the cores first.
+    # API's own; a positive value lets the API and PostgreSQL have the cores first (in the
+    # soaks of bench/README.md that changed nothing measurable).
     worker_nice: int = 0
 
     def create_database(self) -> None:
