@@ -356,36 +356,34 @@ def machine_busy_s() -> tuple[float, float]:
     return busy * _TICK_S, steal * _TICK_S
 
 
+def _stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc/<pid>/stat after the command name (field 3 onwards), or None
+    when the process is gone."""
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process, all its threads included."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return (int(fields[11]) + int(fields[12])) * _TICK_S if fields else 0.0
 
 
 def server_cpu_s(postmaster: int) -> float:
     """CPU seconds of a whole PostgreSQL server: the postmaster, its living children
     (backends, WAL writer, checkpointer, autovacuum workers) and the children it has reaped."""
-    try:
-        stat = Path(f"/proc/{postmaster}/stat").read_text()
-    except OSError:
+    fields = _stat_fields(Path(f"/proc/{postmaster}/stat"))
+    if fields is None:
         return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
     # utime stime cutime cstime: its own and its reaped children's.
     total = sum(int(v) for v in fields[11:15]) * _TICK_S
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            child = (entry / "stat").read_text()
-        except OSError:
-            continue
-        rest = child[child.rindex(")") + 2 :].split()
-        if int(rest[1]) == postmaster:  # field 4, ppid
-            total += (int(rest[11]) + int(rest[12])) * _TICK_S
+        child = _stat_fields(entry / "stat") if entry.name.isdigit() else None
+        if child is not None and int(child[1]) == postmaster:  # field 4, ppid
+            total += (int(child[11]) + int(child[12])) * _TICK_S
     return total
 
 

@@ -557,7 +557,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             machine_cores, busy_before = (busy_now - busy_before) / args.sample_s, busy_now
             stolen_cores, stolen_before = (stolen_now - stolen_before) / args.sample_s, stolen_now
             pg_cores = None
-            if postmaster and pg_before is not None:
+            if pg_before is not None:
                 pg_now = server_cpu_s(postmaster)
                 pg_cores, pg_before = (pg_now - pg_before) / args.sample_s, pg_now
             io_now = io_stalled_s()
