@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +13,7 @@ from amnex.clock import utc_now
 from amnex.db.bulk import BatchConflict, BulkInserter, insert_rows
 from amnex.db.engine import Database
 from amnex.db.models import Base
+from amnex.dispatch.wakeup import asyncpg_dsn
 from amnex.privacy.audit import AuditEntry
 
 AUDIT = Base.metadata.tables[AuditEntry.__tablename__]
@@ -103,3 +105,46 @@ async def test_timestamps_written_in_bulk_compare_and_read_back_as_the_orm_write
             "2026-11-28 17:00:00.000001",
             "2026-11-28 17:00:00.500000",
         ]
+
+
+async def test_a_value_too_long_for_its_column_is_refused_not_cut(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite does not hold VARCHAR to its length")
+    inserter = BulkInserter(db, [AUDIT])
+    too_long = {**audit_row(8), "target_type": "t" * 41}  # the column is VARCHAR(40)
+    try:
+        with pytest.raises(Exception, match="too long"):
+            await inserter.insert([(AUDIT, [audit_row(9), too_long])])
+    finally:
+        inserter.close()
+    async with db.read_session() as session:
+        count = await session.scalar(select(func.count()).select_from(AuditEntry))
+    assert count == 0
+
+
+async def test_listeners_hear_of_a_batch_once_it_is_written_and_never_of_a_failed_one(
+    db: Database,
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("notifications are PostgreSQL's")
+    import asyncpg  # type: ignore[import-untyped]
+
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(asyncpg_dsn(db.url))
+    await listener.add_listener("amnex_bulk_test", lambda *args: heard.put_nowait(args[2]))
+    inserter = BulkInserter(db, [AUDIT], notify="amnex_bulk_test")
+    try:
+        await inserter.insert([(AUDIT, [audit_row(1)])])
+        assert await asyncio.wait_for(heard.get(), 5) == "amnex_bulk_test"
+        with pytest.raises(BatchConflict):
+            await inserter.insert([(AUDIT, [audit_row(2), audit_row(1)])])
+        await inserter.insert([(AUDIT, [audit_row(3), audit_row(4)])])
+        assert await asyncio.wait_for(heard.get(), 5) == "amnex_bulk_test"
+        await asyncio.sleep(0.2)  # a notification of the failed batch would have come by now
+        assert heard.empty()
+    finally:
+        inserter.close()
+        await listener.close()
+    async with db.read_session() as session:
+        ids = list(await session.scalars(select(AuditEntry.id).order_by(AuditEntry.id)))
+    assert ids == ["aud_0001", "aud_0003", "aud_0004"]

@@ -1,7 +1,7 @@
 """Dispatch: waking workers on PostgreSQL with LISTEN/NOTIFY.
 
-The accept writer's transaction runs `NOTIFY amnex_dispatch`; PostgreSQL delivers it only
-when that transaction commits. The listener keeps one dedicated asyncpg connection and
+The accept writer's statement notifies `amnex_dispatch` (`pg_notify`); PostgreSQL delivers
+it only when that statement commits. The listener keeps one dedicated asyncpg connection and
 reconnects with backoff if it drops; while it is down the dispatcher's poll timer still
 finds due work, so a lost notification delays a message, never loses it.
 """

@@ -12,13 +12,14 @@ unavailable is retried with backoff for `accept_db_retry_s`; after that the wait
 get `database_unavailable` (503 with Retry-After) — never a 500, never a half-written message.
 
 The compliance gate finishes here: the writer reads the batch's recipients' opt-outs,
-consents and earlier messages inside the transaction that stores it (`recipients.facts`),
+consents and earlier messages on the connection that stores it, just before the write
+(`recipients.facts`; inside the transaction on SQLite, see `BulkInserter.insert_after`),
 and each message is stored as the gate decides (`messages.service.apply_gate`) — or not at
 all, its request answered with the rule's 422.
 
 After each commit, `on_commit` is called with the number of messages written (the in-process
-dispatcher's wake-up); on PostgreSQL the transaction also sends `NOTIFY amnex_dispatch`, which
-PostgreSQL delivers to listening workers only if the commit succeeds.
+dispatcher's wake-up); on PostgreSQL the write also notifies `amnex_dispatch`, which PostgreSQL
+delivers to listening workers only if the commit succeeds.
 """
 
 from __future__ import annotations

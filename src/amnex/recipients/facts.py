@@ -10,8 +10,9 @@ in Python, never one query per message. Every match is on blind indexes
 (`privacy.keys`): no address is read or compared in clear.
 
 The same reads run on three connections: the accept path's own `sqlite3` connection (inside
-its write transaction, on its thread), asyncpg inside the accept path's PostgreSQL
-transaction, and an `AsyncSession` when dispatch re-checks what it claims.
+its write transaction, on its thread), the accept path's asyncpg connection (just before its
+one write statement, see `db.bulk.BulkInserter.insert_after`), and an `AsyncSession` when
+dispatch re-checks what it claims.
 """
 
 from __future__ import annotations
