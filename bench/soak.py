@@ -26,10 +26,13 @@ memory and latency for drift.
 
 PostgreSQL: unless `--pg-url` names a server, the run starts one of its own (bench/chaos's
 `TempPostgres`: initdb into a temporary directory, PostgreSQL's defaults — autovacuum on — a
-free loopback port) and removes it at the end. A soak measures drift, and a server tuned for
+free loopback port; `--pg-conf NAME=VALUE` adds a setting) and removes it at the end. A
+soak measures drift, and a server tuned for
 test suites is not what it should drift on: this machine's shared server runs with
 autovacuum off, under which `messages` only grows dead rows. The summary names the server's
-`autovacuum` and how often `messages` was vacuumed, and the WAL written per SMS. The run's own
+`autovacuum` and how often `messages` was vacuumed, the WAL written per SMS, and how the
+database fitted in `shared_buffers` (blocks read from outside them, pages backends wrote out
+themselves, its size at the end). The run's own
 server also logs (`SERVER_LOGGING`) every autovacuum, statements over 500 ms with their plans,
 lock waits over a second and checkpoints; what it logged during the soak is summed up and
 listed after the summary. Every sample also records CPU stolen by the hypervisor and the
@@ -49,7 +52,7 @@ Verdicts:
 
     .venv/bin/python bench/soak.py [--quick] [--minutes 10] [--max-rate R] [--fraction 0.8]
         [--workers 2] [--worker-nice 0] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
-        [--redis-url redis://127.0.0.1:6379/7] [--json]
+        [--pg-conf shared_buffers=1GB ...] [--redis-url redis://127.0.0.1:6379/7] [--json]
 
 `--overload`: the same, with the carrier slower than the clients — the connector's
 `throughput_per_s` at `--carrier-rate` (100/s) while the API is sent `--fraction` (0.8) of the
@@ -109,6 +112,13 @@ SLOW_STATEMENT_MS = 500
 # The server's WAL so far (PostgreSQL 14+; pg_stat_wal counts full-page images, not their
 # bytes: at 8 KiB a page, an upper bound of what they took).
 WAL_STATS = "SELECT wal_bytes, wal_fpi * 8192::numeric AS fpi_bytes FROM pg_stat_wal"
+# The soak database's blocks found in shared buffers and read from outside them, and the
+# pages backends had to write out themselves to free a buffer (PostgreSQL up to 16; NULL
+# where pg_stat_bgwriter no longer has the column).
+BUFFER_STATS = (
+    "SELECT d.blks_read, d.blks_hit, (to_jsonb(b) ->> 'buffers_backend')::bigint AS backend "
+    "FROM pg_stat_database d, pg_stat_bgwriter b WHERE d.datname = current_database()"
+)
 # The run's own server logs its maintenance and slow statements (read back by read_server_log).
 SERVER_LOGGING = (
     "log_autovacuum_min_duration = 0\n"
@@ -166,6 +176,13 @@ class Soak:
     messages_vacuumed: int = 0
     messages_dead: int = 0
     messages_live: int = 0
+    # Over the same span: the soak database's blocks read from outside shared buffers and
+    # found in them, the pages backends wrote out themselves, and sizes at the end.
+    blocks_read: int = 0
+    blocks_hit: int = 0
+    backend_writes: int | None = None
+    database_bytes: int = 0
+    shared_buffers: str = ""
 
     @property
     def accepted(self) -> int:
@@ -515,6 +532,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
     cpu_start = time.process_time()
     try:
         wal_before = await conn.fetchrow(WAL_STATS)
+        buffers_before = await conn.fetchrow(BUFFER_STATS)
         stop = asyncio.Event()
         load = asyncio.create_task(
             paced_load(
@@ -607,6 +625,14 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
         wal_after = await conn.fetchrow(WAL_STATS)
         soak.wal_bytes = int(wal_after["wal_bytes"] - wal_before["wal_bytes"])
         soak.wal_fpi_bytes = int(wal_after["fpi_bytes"] - wal_before["fpi_bytes"])
+        buffers_after = await conn.fetchrow(BUFFER_STATS)
+        soak.blocks_read = int(buffers_after["blks_read"] - buffers_before["blks_read"])
+        soak.blocks_hit = int(buffers_after["blks_hit"] - buffers_before["blks_hit"])
+        if buffers_after["backend"] is not None and buffers_before["backend"] is not None:
+            soak.backend_writes = int(buffers_after["backend"] - buffers_before["backend"])
+        size = await conn.fetchval("SELECT pg_database_size(current_database())")
+        soak.database_bytes = int(size)
+        soak.shared_buffers = str(await conn.fetchval("SHOW shared_buffers"))
         soak.autovacuum = str(await conn.fetchval("SHOW autovacuum"))
         table = await conn.fetchrow(
             "SELECT autovacuum_count + vacuum_count AS vacuumed, n_dead_tup, n_live_tup "
@@ -713,6 +739,16 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
             "| WAL written, load start to all final: per SMS; full-page images (at most) | "
             f"{soak.wal_bytes / soak.accepted / 1024:.1f} KiB; "
             f"{min(1.0, soak.wal_fpi_bytes / soak.wal_bytes):.0%} | |"
+        )
+    if soak.shared_buffers:
+        blocks = soak.blocks_read + soak.blocks_hit
+        written = "—" if soak.backend_writes is None else f"{soak.backend_writes:,}"
+        lines.append(
+            "| PostgreSQL buffers: `shared_buffers`; database at the end; blocks read from "
+            "outside shared buffers; pages written out by backends themselves | "
+            f"{soak.shared_buffers}; {soak.database_bytes / MIB:,.0f} MiB; "
+            f"{soak.blocks_read:,} of {blocks:,} ({soak.blocks_read / max(blocks, 1):.2%}); "
+            f"{written} | |"
         )
     if soak.server_log is not None:
         log = soak.server_log
@@ -840,6 +876,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"defaults; `--pg-url {DEFAULT_PG_URL}` for the machine's)",
     )
     parser.add_argument(
+        "--pg-conf",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a postgresql.conf setting for the run's own server (repeatable), e.g. "
+        "shared_buffers=1GB",
+    )
+    parser.add_argument(
         "--redis-url", default=DEFAULT_REDIS_URL, help="AMNEX_REDIS_URL ('' for none)"
     )
     parser.add_argument("--keep-logs", action="store_true")
@@ -861,10 +905,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--workers, --probe-start, --step-s and --probe-steps positive")
     if args.probe_steps > 30 or args.step_s > 300:
         parser.error("--probe-steps: at most 30; --step-s: at most 300")
+    for setting in args.pg_conf:
+        if not re.fullmatch(r"[a-z_.]+=[A-Za-z0-9_.]+", setting):
+            parser.error(f"--pg-conf {setting!r}: NAME=VALUE, e.g. shared_buffers=1GB")
+    if args.pg_conf and args.pg_url is not None:
+        parser.error("--pg-conf sets up the run's own server; not with --pg-url")
     for url in (args.pg_url or "", args.redis_url):
         if url and not loopback_only(url):
             parser.error(f"{url}: this benchmark runs on loopback only")
     return args
+
+
+def _settings(pg_conf: Sequence[str]) -> list[tuple[str, str]]:
+    return [(name, value) for name, _, value in (s.partition("=") for s in pg_conf)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -875,12 +928,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pg_url is None:
             # A server of this run's own, as PostgreSQL ships (autovacuum on): the machine's
             # shared one may be tuned for test suites (this machine's runs with autovacuum off).
-            server = TempPostgres(settings=SERVER_LOGGING)
+            tuned = "".join(f"{name} = '{value}'\n" for name, value in _settings(args.pg_conf))
+            server = TempPostgres(settings=SERVER_LOGGING + tuned)
             server.init()
             server.start()
             args.pg_url = server.admin_url
             args.postmaster_pid = server.postmaster_pid()
-            print(f"PostgreSQL of this run: {server.admin_url} (initdb defaults)", flush=True)
+            print(
+                f"PostgreSQL of this run: {server.admin_url} (initdb defaults"
+                + "".join(f", {setting}" for setting in args.pg_conf)
+                + ")",
+                flush=True,
+            )
         max_rate = args.max_rate if args.max_rate is not None else probe_max(args)
         log_from = server.log.stat().st_size if server is not None else 0
         soak = run_soak(args, max_rate)
