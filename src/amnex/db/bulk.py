@@ -194,7 +194,7 @@ class BulkInserter:
         read_postgres: Callable[[Any], Awaitable[R]],
         make: Callable[[R], Batches],
     ) -> None:
-        """Read first, then write what `make` builds from the read, in one transaction.
+        """Read, then write what `make` builds from the read: all of its rows or none.
 
         On SQLite the read runs on the writer's own connection and thread inside the
         transaction, after `BEGIN IMMEDIATE` has taken the write lock, so nothing can change
