@@ -176,7 +176,10 @@ async def test_a_worker_that_cannot_renew_gives_up_its_slots_before_they_expire(
 ) -> None:
     # Given a worker holding every slot on a short lease
     a = keepers("worker-a", ttl_s=2.0, renew_s=0.5)
-    await a.renew()
+    for _ in range(20):  # on a busy machine a first take can outlast the 0.5-s renewal bound
+        await a.renew()
+        if a.held(connector_id):
+            break
     assert a.held(connector_id) == {0, 1, 2, 3}
     loop = asyncio.get_running_loop()
     renewed_at = loop.time()
