@@ -115,13 +115,16 @@ def _converter(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any] | 
     return cast(Callable[[Any], Any] | None, column.type._cached_bind_processor(dialect))
 
 
-def _compile(table: Table, dialect: Dialect, keys: Sequence[str]) -> _Statement:
-    """An INSERT of exactly `keys` (absent columns take their database default, NULL)."""
+def _compile(
+    table: Table, dialect: Dialect, keys: Sequence[str], *, unnest: bool = False
+) -> _Statement:
+    """An INSERT of exactly `keys` (absent columns take their database default, NULL);
+    with `unnest` (PostgreSQL, the batch inserter) also its one-array-per-column form."""
     compiled = insert(table).inline().compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or keys)
     processors = [_converter(table.c[k], dialect) for k in order]
     unnest_sql = ""
-    if dialect.name == "postgresql":
+    if unnest:
         # Each array takes the cast SQLAlchemy gives the value ($1::VARCHAR, not the column's
         # VARCHAR(40), which would cut a value too long instead of refusing it).
         values = compiled.string.rsplit(" VALUES (", 1)[1].removesuffix(")")
@@ -234,7 +237,8 @@ class BulkInserter:
         """The compiled INSERT for these columns; rows of one batch share their keys."""
         statement = self._statements.get((table.name, keys))
         if statement is None:
-            statement = _compile(self._tables[table.name], self._dialect, keys)
+            own = self._tables[table.name]
+            statement = _compile(own, self._dialect, keys, unnest=not self._db.is_sqlite)
             self._statements[(table.name, keys)] = statement
         return statement
 
