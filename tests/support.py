@@ -169,8 +169,13 @@ async def serve_api(
     await rt.start()
     sock = free_socket()
     port = sock.getsockname()[1]
+    # The server keeps idle connections longer than the client (httpx: 5 s), so the client
+    # always drops one first: with equal timeouts a request sent on a connection the server
+    # is closing that moment is reset (httpx.ReadError) when the test process stalls.
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+        )
     )
     serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     dispatch_task = asyncio.create_task(dispatcher.run()) if dispatcher else None
