@@ -60,7 +60,7 @@ from amnex.privacy.requests import SYSTEM_ACTOR, process_open_requests
 from amnex.privacy.retention import purge_once
 from amnex.receipts.sweeper import sweep_forever
 from amnex.receipts.writer import DeliveryWriter
-from amnex.runtime import static_channels
+from amnex.runtime import static_channels, tune_gc_for_serving
 from amnex.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -440,6 +440,8 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, dispatcher.stop)
     log.info("worker %s running; channels: %s", dispatcher.owner, ", ".join(parts.channels))
+    # Everything built so far lives as long as the process: out of the collector's way.
+    tune_gc_for_serving()
     try:
         await dispatcher.run()
     finally:
