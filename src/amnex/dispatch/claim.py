@@ -47,6 +47,7 @@ from amnex.compliance.gate import Candidate, recheck
 from amnex.compliance.policy import AccountCompliance, account_compliance
 from amnex.compliance.verdict import Allow, Defer, Reject
 from amnex.db.bulk import insert_rows, update_rows
+from amnex.db.lists import in_list, not_in_list
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
@@ -253,7 +254,7 @@ async def _due_rows(
         wanted = limit - len(taken)
         query = due.limit(wanted)
         if excluded:
-            query = query.where(Message.id.not_in(sorted(excluded)))
+            query = query.where(not_in_list(session, Message.id, sorted(excluded)))
         rows = (await session.execute(query)).all()
         await load_keys({row.account_id for row in rows})
         passed_over = False
@@ -286,7 +287,7 @@ async def _account_rules(
 ) -> dict[str, AccountCompliance]:
     rows = await session.execute(
         select(Account.id, Account.country, Account.business_name, Account.settings).where(
-            Account.id.in_(sorted(account_ids))
+            in_list(session, Account.id, sorted(account_ids))
         )
     )
     return {
@@ -460,7 +461,7 @@ async def record_submitted_many(
                 Message.segments,
                 Message.encoding,
             )
-            .where(Message.id.in_(ids))
+            .where(in_list(session, Message.id, ids))
             .order_by(Message.id)
             .with_for_update()
         )
@@ -656,7 +657,7 @@ async def extend_leases(
     lockable = (
         select(Message.id)
         .where(
-            Message.id.in_(sorted(set(message_ids))),
+            in_list(session, Message.id, sorted(set(message_ids))),
             Message.lease_owner == owner,
             Message.status == Status.SENDING.value,
         )
@@ -680,7 +681,7 @@ async def lock_messages(session: AsyncSession, message_ids: Sequence[str]) -> No
     if message_ids:
         await session.execute(
             select(Message.id)
-            .where(Message.id.in_(sorted(set(message_ids))))
+            .where(in_list(session, Message.id, sorted(set(message_ids))))
             .order_by(Message.id)
             .with_for_update()
         )

@@ -70,6 +70,7 @@ from amnex.config import Settings
 from amnex.db.base import Base
 from amnex.db.engine import Database
 from amnex.db.ids import id_floor, new_id
+from amnex.db.lists import in_list
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.status import FINAL_STATUSES, Status
 from amnex.metrics import count_purged
@@ -324,7 +325,9 @@ async def accounts_keeping_content(session: AsyncSession, account_ids: Iterable[
     ids = sorted(set(account_ids))
     if not ids:
         return set()
-    rows = await session.execute(select(Account.id, Account.settings).where(Account.id.in_(ids)))
+    rows = await session.execute(
+        select(Account.id, Account.settings).where(in_list(session, Account.id, ids))
+    )
     return {
         account_id
         for account_id, account_settings in rows

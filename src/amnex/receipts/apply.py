@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amnex.accounts.models import Sender
 from amnex.db.bulk import insert_rows, update_rows
 from amnex.db.ids import new_id
+from amnex.db.lists import in_list
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import address_columns, event_row, transition
 from amnex.messages.status import Status, check_transition
@@ -172,14 +173,14 @@ async def _apply_matched(
             select(
                 Message.id, Message.account_id, Message.channel, Message.status, Message.event_seq
             )
-            .where(Message.id.in_(message_ids))
+            .where(in_list(session, Message.id, message_ids))
             .order_by(Message.id)
             .with_for_update()
         )
     }
     all_parts: dict[str, list[PartState]] = {}
     by_key: dict[tuple[str, int], PartState] = {}
-    for part in await _load_parts(session, MessagePart.message_id.in_(message_ids)):
+    for part in await _load_parts(session, in_list(session, MessagePart.message_id, message_ids)):
         all_parts.setdefault(part.message_id, []).append(part)
         by_key[(part.message_id, part.part)] = part
     applied = duplicates = intermediate = 0
@@ -311,7 +312,7 @@ async def _find_parts(
     keys = sorted({item.key for item in items})
     by_key: dict[str, list[PartState]] = {}
     if keys:
-        for part in await _load_parts(session, MessagePart.id_key.in_(keys)):
+        for part in await _load_parts(session, in_list(session, MessagePart.id_key, keys)):
             by_key.setdefault(part.id_key, []).append(part)
     return [_best_part(by_key.get(item.key, ()), item) for item in items]
 
@@ -398,7 +399,9 @@ async def _apply_pending_rows(
     await _apply_matched(session, matches, now=now)
     if matched_rows:
         await session.execute(
-            delete(PendingReceipt).where(PendingReceipt.id.in_([r.id for r in matched_rows]))
+            delete(PendingReceipt).where(
+                in_list(session, PendingReceipt.id, [r.id for r in matched_rows])
+            )
         )
         _count(matched_later=len(matched_rows))
     return len(matched_rows)
@@ -414,7 +417,7 @@ async def apply_pending_for_parts(
     rows = list(
         await session.scalars(
             select(PendingReceipt)
-            .where(PendingReceipt.id_key.in_(sorted(keys)))
+            .where(in_list(session, PendingReceipt.id_key, sorted(keys)))
             .order_by(PendingReceipt.id)
         )
     )
