@@ -3,13 +3,12 @@
 Design note. SQLAlchemy renders `column.in_(values)` with one placeholder per value, so each
 length of the list is a different statement to PostgreSQL. The worker's transactions
 (claims, send outcomes, receipts) select and lock rows by lists of ids whose length follows
-the traffic, and asyncpg keeps a connection's prepared statements in a cache of its own
-size (SQLAlchemy's, 100 by default): with a few such queries each seen at dozens of lengths,
-most executions prepared their statement anew — a round trip, a parse and a plan — and
-SQLAlchemy rendered the placeholders each time. On PostgreSQL `in_list` writes
-`column = ANY($1)` with the list as one array parameter (`not_in_list`: `<> ALL($1)`), so
-each query is one prepared statement. SQLite keeps `IN (...)`; it has no arrays, and its
-statements are prepared in-process.
+the traffic, and SQLAlchemy's asyncpg adapter keeps 100 prepared statements per connection:
+with a few such queries each seen at dozens of lengths, most executions prepared their
+statement anew — a round trip, a parse and a plan — and SQLAlchemy rendered the placeholders
+each time. On PostgreSQL `in_list` writes `column = ANY($1)` with the list as one array
+parameter (`not_in_list`: `<> ALL($1)`), so each query is one prepared statement. SQLite
+keeps `IN (...)`; it has no arrays, and its statements are prepared in-process.
 
 Both forms mean the same for a list without NULLs, empty lists included (`= ANY('{}')` is
 false, `<> ALL('{}')` true, as `IN ()` and `NOT IN ()` render them).
