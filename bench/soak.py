@@ -8,7 +8,7 @@ memory and latency for drift.
    `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 % above the one before,
    until a step is not held — answered at 95 % of its rate, nothing skipped or refused, p99
    within `PROBE_P99_MS` (500 ms), and delivery keeping up (at most 2 s of the rate not final
-   at the step's end) — or `--probe-steps` (12) have run. The highest step held is the
+   at the step's end) — or `--probe-steps` (24) have run. The highest step held is the
    maximum: the rate the whole pipeline (accept and deliver) sustains for paced clients.
    A closed-loop probe (wrk keeping 64 requests in flight) measures more, because a full
    queue of requests lets the API and the workers write bigger batches: 80 % of wrk's
@@ -35,8 +35,12 @@ database fitted in `shared_buffers` (blocks read from outside them, pages backen
 themselves, its size at the end). The run's own
 server also logs (`SERVER_LOGGING`) every autovacuum, statements over 500 ms with their plans,
 lock waits over a second and checkpoints; what it logged during the soak is summed up and
-listed after the summary. Every sample also records CPU stolen by the hypervisor and the
-share of time every task waited on I/O.
+listed after the summary. Every sample also records CPU stolen by the hypervisor, the
+share of time every task waited on I/O and the machine's speed (`CALIBRATION`); the run's own
+server loads pg_stat_statements, read every sample. Two tables after the summary compare the
+thirds of the samples the p99 verdict compares: each process's CPU, the machine's and its
+speed, and the statements that took the most time, with their blocks per call (work done
+whatever the machine's speed).
 
 Verdicts:
 
@@ -128,6 +132,26 @@ SERVER_LOGGING = (
     "session_preload_libraries = 'auto_explain'\n"
     f"auto_explain.log_min_duration = {SLOW_STATEMENT_MS}\n"
     "log_line_prefix = '%m [%p] [%d] '\n"
+    # Each statement's calls, time and blocks, read every sample (`statement_thirds`).
+    "shared_preload_libraries = 'pg_stat_statements'\n"
+)
+# The machine's speed, measured beside the soak: a child process times (in CPU time, so
+# waiting for a core does not count) a fixed piece of Python work five times a second. At a
+# constant rate the soak's own load is constant, so a window whose pieces took longer ran on
+# slower CPUs: a neighbour on the same cores, or their clock.
+CALIBRATION = """
+import time
+while True:
+    start = time.thread_time_ns()
+    sum(i * i for i in range(20_000))
+    print((time.thread_time_ns() - start) / 1000, flush=True)
+    time.sleep(0.2)
+"""
+# Every statement of the soak's database so far (pg_stat_statements, the run's own server).
+STATEMENTS = (
+    "SELECT queryid, calls, total_exec_time, shared_blks_hit + shared_blks_read AS blocks "
+    "FROM pg_stat_statements WHERE dbid = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 PROBE_P99_MS = 500.0  # a probe step whose answers take longer than this is not held
 NOT_FINAL = ("scheduled", "queued", "sending", "sent")
@@ -148,6 +172,7 @@ class Sample:
     pg_cores: float | None  # the run's own PostgreSQL server, all its processes
     stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
     io_full: float | None  # share of the window every runnable task waited on I/O (PSI)
+    calibration_us: float | None  # median CPU µs of CALIBRATION's piece of work in the window
 
 
 @dataclass
@@ -183,6 +208,10 @@ class Soak:
     backend_writes: int | None = None
     database_bytes: int = 0
     shared_buffers: str = ""
+    # The run's own server: pg_stat_statements at the start of the load and after each
+    # sample (queryid -> calls, total ms, blocks), and each statement's text.
+    statements: list[dict[int, tuple[int, float, int]]] = field(default_factory=list)
+    statement_text: dict[int, str] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -365,13 +394,21 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
     return sxy / sxx * 60 if sxx else 0.0
 
 
-def p99_verdict(soak: Soak) -> dict[str, Any]:
+def thirds(soak: Soak) -> tuple[float, list[list[int]]]:
+    """The warm-up the p99 verdict leaves out (s) and the indices in `soak.samples` of the
+    first, middle and last thirds of the samples after it."""
     warm_s = 60.0 if soak.duration_s >= 180 else (soak.samples[0].t_s if soak.samples else 0.0)
+    kept = [i for i, s in enumerate(soak.samples) if s.t_s > warm_s and s.answered]
+    third = max(1, len(kept) // 3)
+    return warm_s, [kept[:third], kept[third : 2 * third], kept[-third:]]
+
+
+def p99_verdict(soak: Soak) -> dict[str, Any]:
+    warm_s, parts = thirds(soak)
     kept = [s for s in soak.samples if s.t_s > warm_s and s.answered]
     slope = slope_per_min([(s.t_s, s.p99_ms) for s in kept])
-    third = max(1, len(kept) // 3)
-    middle = [s.p99_ms for s in kept[third : 2 * third]]
-    last = [s.p99_ms for s in kept[-third:]]
+    middle = [soak.samples[i].p99_ms for i in parts[1]]
+    last = [soak.samples[i].p99_ms for i in parts[2]]
     middle_median = statistics.median(middle) if middle else 0.0
     last_median = statistics.median(last) if last else 0.0
     upward = slope > 0 and bool(middle) and last_median > 1.25 * middle_median
@@ -530,7 +567,22 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
     conn = await asyncpg.connect(plain_pg_url(cluster.database_url))
     client = httpx.AsyncClient()
     cpu_start = time.process_time()
+    pieces: list[float] = []  # CALIBRATION's timings since the last sample
+    calibration = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CALIBRATION, stdout=asyncio.subprocess.PIPE
+    )
+
+    async def read_calibration() -> None:
+        assert calibration.stdout is not None
+        async for line in calibration.stdout:
+            pieces.append(float(line))
+
+    reader = asyncio.create_task(read_calibration())
+    own_server = args.postmaster_pid is not None
     try:
+        if own_server:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            soak.statements.append(await statement_counts(conn))
         wal_before = await conn.fetchrow(WAL_STATS)
         buffers_before = await conn.fetchrow(BUFFER_STATS)
         stop = asyncio.Event()
@@ -559,7 +611,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             + " | cores "
             + " / ".join(names)
             + " | queue depth | not final | machine busy cores | PostgreSQL cores | stolen "
-            "| I/O full |",
+            "| I/O full | calibration µs |",
             flush=True,
         )
         for k in range(1, n_samples + 1):
@@ -585,6 +637,10 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 else None
             )
             io_before = io_now
+            calibration_us = statistics.median(pieces) if pieces else None
+            pieces.clear()
+            if own_server:
+                soak.statements.append(await statement_counts(conn))
             sample = Sample(
                 t_s=loop.time() - t0,
                 answered=len(window),
@@ -599,6 +655,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 pg_cores=pg_cores,
                 stolen_cores=stolen_cores,
                 io_full=io_full,
+                calibration_us=calibration_us,
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -612,6 +669,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 + ("—" if sample.pg_cores is None else f"{sample.pg_cores:.2f}")
                 + f" | {sample.stolen_cores:.2f} | "
                 + ("—" if sample.io_full is None else f"{sample.io_full:.0%}")
+                + " | "
+                + ("—" if sample.calibration_us is None else f"{sample.calibration_us:.0f}")
                 + " |",
                 flush=True,
             )
@@ -644,9 +703,26 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 int(table["n_dead_tup"]),
                 int(table["n_live_tup"]),
             )
+        if own_server:
+            rows = await conn.fetch(
+                "SELECT queryid, query FROM pg_stat_statements WHERE dbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            soak.statement_text = {int(r["queryid"]): str(r["query"]) for r in rows}
     finally:
+        calibration.kill()
+        await calibration.wait()
+        reader.cancel()
         await client.aclose()
         await conn.close()
+
+
+async def statement_counts(conn: Any) -> dict[int, tuple[int, float, int]]:
+    """pg_stat_statements for the soak's database: queryid -> (calls, total ms, blocks)."""
+    return {
+        int(r["queryid"]): (int(r["calls"]), float(r["total_exec_time"]), int(r["blocks"]))
+        for r in await conn.fetch(STATEMENTS)
+    }
 
 
 def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
@@ -789,6 +865,91 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
     return "\n".join(lines)
 
 
+def thirds_table(soak: Soak) -> str:
+    """Medians of each third of the samples the p99 verdict compares: what rose with p99 —
+    one process's CPU, all of them, PostgreSQL's, or the machine's speed (CALIBRATION)."""
+    _, parts = thirds(soak)
+    names = list(soak.samples[0].cores) if soak.samples else []
+
+    def median(values: list[float | None], digits: int) -> str:
+        known = [v for v in values if v is not None]
+        return f"{statistics.median(known):.{digits}f}" if known else "—"
+
+    lines = [
+        "| third | t (s) | p50 / p99 ms | cores "
+        + " / ".join(names)
+        + " | PostgreSQL cores | machine busy | stolen | calibration µs |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for label, part in zip(("first", "middle", "last"), parts, strict=True):
+        picked = [soak.samples[i] for i in part]
+        if not picked:
+            continue
+        lines.append(
+            f"| {label} | {picked[0].t_s:.0f} to {picked[-1].t_s:.0f} | "
+            f"{median([s.p50_ms for s in picked], 1)} / {median([s.p99_ms for s in picked], 1)} | "
+            + " / ".join(median([s.cores[n] for s in picked], 3) for n in names)
+            + f" | {median([s.pg_cores for s in picked], 3)} "
+            f"| {median([s.machine_cores for s in picked], 2)} "
+            f"| {median([s.stolen_cores for s in picked], 3)} "
+            f"| {median([s.calibration_us for s in picked], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def statement_deltas(
+    soak: Soak, part: list[int]
+) -> tuple[float, dict[int, tuple[int, float, int]]]:
+    """Seconds spanned by the samples `part` and each statement's (calls, ms, blocks) in them."""
+    if not part or len(soak.statements) != len(soak.samples) + 1:
+        return 0.0, {}
+    first, last = part[0], part[-1]
+    before, after = soak.statements[first], soak.statements[last + 1]
+    start_s = soak.samples[first - 1].t_s if first else 0.0
+    out = {}
+    for queryid, (calls, ms, blocks) in after.items():
+        was = before.get(queryid, (0, 0.0, 0))
+        if calls > was[0]:
+            out[queryid] = (calls - was[0], ms - was[1], blocks - was[2])
+    return soak.samples[last].t_s - start_s, out
+
+
+def statements_table(soak: Soak, top: int = 10) -> str:
+    """The statements that took the most time in the middle and last thirds: calls per second,
+    ms and shared blocks per call in each. Blocks per call is work done whatever the machine's
+    speed; ms per call includes waiting for a core."""
+    _, parts = thirds(soak)
+    middle_s, middle = statement_deltas(soak, parts[1])
+    last_s, last = statement_deltas(soak, parts[2])
+    if not middle_s or not last_s:
+        return ""
+    ranked = sorted(
+        set(middle) | set(last),
+        key=lambda q: middle.get(q, (0, 0.0, 0))[1] + last.get(q, (0, 0.0, 0))[1],
+        reverse=True,
+    )
+    lines = [
+        "| statement | calls/s middle → last | ms/call middle → last | blocks/call middle → last |",
+        "|---|---|---|---|",
+    ]
+
+    def per_call(stats: tuple[int, float, int] | None) -> tuple[float, float, float]:
+        return (stats[1] / stats[0], stats[2] / stats[0], stats[0]) if stats else (0, 0, 0)
+
+    for queryid in ranked[:top]:
+        text = " ".join(soak.statement_text.get(queryid, str(queryid)).split())
+        m_ms, m_blocks, m_calls = per_call(middle.get(queryid))
+        l_ms, l_blocks, l_calls = per_call(last.get(queryid))
+        lines.append(
+            f"| `{text[:70]}` | {m_calls / middle_s:.1f} → {l_calls / last_s:.1f} "
+            f"| {m_ms:.3f} → {l_ms:.3f} | {m_blocks:.1f} → {l_blocks:.1f} |"
+        )
+    total_m = sum(v[1] for v in middle.values()) / middle_s / 1000
+    total_l = sum(v[1] for v in last.values()) / last_s / 1000
+    lines.append(f"| all statements: executing, s per s | {total_m:.3f} → {total_l:.3f} | | |")
+    return "\n".join(lines)
+
+
 def maintenance_table(log: ServerLog) -> str:
     """Every autovacuum and analyze of `messages` and every checkpoint, in time order."""
     rows = [("autovacuum", m) for m in log.vacuums]
@@ -850,7 +1011,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--step-s", type=float, default=None, help="each probe step's length (30; quick 10)"
     )
-    parser.add_argument("--probe-steps", type=int, default=None, help="at most (12; quick 4)")
+    parser.add_argument("--probe-steps", type=int, default=None, help="at most (24; quick 4)")
     parser.add_argument("--fraction", type=float, default=None, help="of the maximum (0.8)")
     parser.add_argument(
         "--overload", action="store_true", help="past the maximum, with a low queue limit"
@@ -894,7 +1055,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.fraction = args.fraction or 0.8
     args.probe_start = args.probe_start or (200.0 if args.quick else 400.0)
     args.step_s = args.step_s or (10.0 if args.quick else 30.0)
-    args.probe_steps = args.probe_steps or (4 if args.quick else 12)
+    args.probe_steps = args.probe_steps or (4 if args.quick else 24)
     if not 0 < args.fraction <= (3 if args.overload else 1):
         parser.error("--fraction in (0, 1], or (0, 3] with --overload")
     if args.minutes <= 0 or args.sample_s <= 0 or args.max_queue_depth < 1:
@@ -978,6 +1139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ERROR {soak.error}")
     print()
     print(summary_table(soak, rss, p99))
+    if soak.samples:
+        print()
+        print("The thirds of the samples after the warm-up (medians):")
+        print(thirds_table(soak))
+    if statements := statements_table(soak):
+        print()
+        print("PostgreSQL's statements, middle third → last third (pg_stat_statements):")
+        print(statements)
     if soak.server_log is not None:
         print()
         print("PostgreSQL's maintenance during the soak (its log):")
