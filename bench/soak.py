@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -710,7 +711,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             )
             soak.statement_text = {int(r["queryid"]): str(r["query"]) for r in rows}
     finally:
-        calibration.kill()
+        with contextlib.suppress(ProcessLookupError):  # already gone (a signal to the group)
+            calibration.kill()
         await calibration.wait()
         reader.cancel()
         await client.aclose()
