@@ -38,6 +38,7 @@ from amnex.channels.sms import SmsChannel
 from amnex.clock import utc_now
 from amnex.config import Settings
 from amnex.db.engine import AUTOVACUUM_OFF_WARNING, Database, autovacuum_off
+from amnex.db.statistics import analyze_forever
 from amnex.dispatch.retry import RetryPolicy
 from amnex.dispatch.wakeup import PgListener
 from amnex.dispatch.worker import Dispatcher
@@ -378,6 +379,8 @@ class WorkerParts:
             asyncio.create_task(sweep_forever(db, settings), name="receipt-sweep"),
             asyncio.create_task(purge_forever(db, settings), name="purge"),
         ]
+        if not db.is_sqlite:
+            parts.chores.append(asyncio.create_task(analyze_forever(db), name="analyze"))
         return parts
 
     @property
