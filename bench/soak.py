@@ -133,7 +133,7 @@ SERVER_LOGGING = (
     "session_preload_libraries = 'auto_explain'\n"
     f"auto_explain.log_min_duration = {SLOW_STATEMENT_MS}\n"
     "log_line_prefix = '%m [%p] [%d] '\n"
-    # Each statement's calls, time and blocks, read every sample (`statement_thirds`).
+    # Each statement's calls, time and blocks, read every sample (`statements_table`).
     "shared_preload_libraries = 'pg_stat_statements'\n"
 )
 # The machine's speed, measured beside the soak: a child process times (in CPU time, so

@@ -9,7 +9,7 @@ launcher visits each database only once per `autovacuum_naptime` (60 s) and then
 table by table. A fresh installation that is sent traffic at once is a bulk load, after
 which PostgreSQL's documentation asks for an ANALYZE: measured here, a new database sent
 1,337 SMS/s by `bench/soak.py` read `message_parts` whole for every receipt batch for
-about 90 s (PostgreSQL at 1.1 cores, answers 7.5 s late, 22,000 requests not sent in
+about 90 s (PostgreSQL at 1.1 cores, a p99 of up to 7.9 s, 22,198 requests not sent in
 time) until autovacuum first analyzed it.
 
 `analyze_grown_tables` analyzes each table of the schema that holds at least
