@@ -395,18 +395,18 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
     return sxy / sxx * 60 if sxx else 0.0
 
 
-def thirds(soak: Soak) -> tuple[float, list[list[int]]]:
-    """The warm-up the p99 verdict leaves out (s) and the indices in `soak.samples` of the
-    first, middle and last thirds of the samples after it."""
+def thirds(soak: Soak) -> tuple[float, list[int], list[list[int]]]:
+    """The warm-up the p99 verdict leaves out (s), the indices in `soak.samples` of the
+    samples after it, and of their first, middle and last thirds."""
     warm_s = 60.0 if soak.duration_s >= 180 else (soak.samples[0].t_s if soak.samples else 0.0)
     kept = [i for i, s in enumerate(soak.samples) if s.t_s > warm_s and s.answered]
     third = max(1, len(kept) // 3)
-    return warm_s, [kept[:third], kept[third : 2 * third], kept[-third:]]
+    return warm_s, kept, [kept[:third], kept[third : 2 * third], kept[-third:]]
 
 
 def p99_verdict(soak: Soak) -> dict[str, Any]:
-    warm_s, parts = thirds(soak)
-    kept = [s for s in soak.samples if s.t_s > warm_s and s.answered]
+    warm_s, kept_at, parts = thirds(soak)
+    kept = [soak.samples[i] for i in kept_at]
     slope = slope_per_min([(s.t_s, s.p99_ms) for s in kept])
     middle = [soak.samples[i].p99_ms for i in parts[1]]
     last = [soak.samples[i].p99_ms for i in parts[2]]
@@ -704,10 +704,10 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 int(table["n_dead_tup"]),
                 int(table["n_live_tup"]),
             )
-        if own_server:
+        if own_server:  # the texts of the statements counted
             rows = await conn.fetch(
-                "SELECT queryid, query FROM pg_stat_statements WHERE dbid = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                "SELECT queryid, query FROM pg_stat_statements WHERE queryid = ANY($1::bigint[])",
+                list(soak.statements[-1]),
             )
             soak.statement_text = {int(r["queryid"]): str(r["query"]) for r in rows}
     finally:
@@ -870,7 +870,7 @@ def summary_table(soak: Soak, rss: list[dict[str, Any]], p99: dict[str, Any]) ->
 def thirds_table(soak: Soak) -> str:
     """Medians of each third of the samples the p99 verdict compares: what rose with p99 —
     one process's CPU, all of them, PostgreSQL's, or the machine's speed (CALIBRATION)."""
-    _, parts = thirds(soak)
+    _, _, parts = thirds(soak)
     names = list(soak.samples[0].cores) if soak.samples else []
 
     def median(values: list[float | None], digits: int) -> str:
@@ -920,7 +920,7 @@ def statements_table(soak: Soak, top: int = 10) -> str:
     """The statements that took the most time in the middle and last thirds: calls per second,
     ms and shared blocks per call in each. Blocks per call is work done whatever the machine's
     speed; ms per call includes waiting for a core."""
-    _, parts = thirds(soak)
+    _, _, parts = thirds(soak)
     middle_s, middle = statement_deltas(soak, parts[1])
     last_s, last = statement_deltas(soak, parts[2])
     if not middle_s or not last_s:
