@@ -81,6 +81,29 @@ RECEIPT_LAG = Histogram(
     # From a fast SMSC's fraction of a second to a phone that was off for a day.
     buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
 )
+# The worker's group commits: one observation per transaction that wrote something, by kind
+# (claim: messages taken under a lease; outcome: send outcomes recorded; receipt: delivery
+# receipts and inbound messages stored). Items per transaction show how well writes batch.
+WORKER_BATCH_SIZE = Histogram(
+    "amnex_worker_batch_size",
+    "Items one worker transaction wrote, by kind (claim, outcome, receipt)",
+    ["kind"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+WORKER_BATCH_SECONDS = Histogram(
+    "amnex_worker_batch_seconds",
+    "Time one worker transaction took, from its start to its commit, by kind",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def count_batch(kind: str, items: int, seconds: float) -> None:
+    """One worker transaction of `kind` that wrote `items` items in `seconds`."""
+    WORKER_BATCH_SIZE.labels(kind=kind).observe(items)
+    WORKER_BATCH_SECONDS.labels(kind=kind).observe(seconds)
+
+
 PURGED = Counter(
     "amnex_purged_total",
     "Rows changed by the purge, by step (content, metadata, exports, audit_personal, "

@@ -1,5 +1,6 @@
 """End to end: the metrics an operator watches move as one SMS goes from accept through
-dispatch, its receipt and the purge (the API and worker share this process's registry)."""
+dispatch (the worker's claim and outcome transactions), its receipt and the purge (the API
+and worker share this process's registry)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ async def test_one_sms_moves_the_accept_dispatch_receipt_and_purge_metrics(
         "delivered": ("amnex_messages_delivered_total", {"channel": "sms"}),
         "receipt_lag": ("amnex_receipt_lag_seconds_count", {}),
         "purged": ("amnex_purged_total", {"step": "content"}),
+        **{
+            f"{kind}_{what}": (f"amnex_worker_batch_{what}", {"kind": kind})
+            for kind in ("claim", "outcome", "receipt")
+            for what in ("size_sum", "seconds_count")
+        },
     }
 
     def snapshot() -> dict[str, float]:
@@ -77,6 +83,12 @@ async def test_one_sms_moves_the_accept_dispatch_receipt_and_purge_metrics(
         "delivered": 1,
         "receipt_lag": 1,
         "purged": 1,
+        # one transaction of each kind in the worker, each writing this one SMS
+        **{
+            f"{kind}_{what}": 1
+            for kind in ("claim", "outcome", "receipt")
+            for what in ("size_sum", "seconds_count")
+        },
     }
     assert submits_after - submits_before == 1
     assert value("amnex_receipt_lag_seconds_sum") >= 0

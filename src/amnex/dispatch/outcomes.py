@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amnex.clock import utc_now
 from amnex.db.engine import Database, is_transient_db_error
 from amnex.dispatch import claim
+from amnex.metrics import count_batch
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,10 @@ class OutcomeWriter:
         async def work(session: AsyncSession) -> list[bool]:
             return await apply_outcomes(session, pending, owner=owner, now=utc_now())
 
-        return await self._db.write(work)
+        started = time.perf_counter()
+        results = await self._db.write(work)
+        count_batch("outcome", len(group), time.perf_counter() - started)
+        return results
 
     async def _write_solo(self, outcome: _Outcome) -> None:
         delay_s = 0.1

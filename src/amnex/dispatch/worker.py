@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
@@ -57,7 +58,7 @@ from amnex.dispatch import claim
 from amnex.dispatch.outcomes import OutcomeWriter
 from amnex.dispatch.retry import RetryPolicy, decide_retry
 from amnex.messages.status import Status
-from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED
+from amnex.metrics import DISPATCH_OUTCOMES, MESSAGES_DELIVERED, count_batch
 from amnex.privacy.logsafe import failure_summary
 
 log = logging.getLogger(__name__)
@@ -226,12 +227,15 @@ class Dispatcher:
                 exclude_connectors=not_here,
             )
 
+        started = time.perf_counter()
         try:
             batch = await self._db.write(work)
         except Exception:
             log.exception("claim failed; retrying after the poll interval")
             await asyncio.sleep(self._poll_interval_s)
             return 0
+        if batch:
+            count_batch("claim", len(batch), time.perf_counter() - started)
         for item in batch:
             task = asyncio.create_task(self._deliver(item), name=f"send-{item.outbound.id}")
             self._inflight[item.outbound.id] = task

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
@@ -27,7 +28,7 @@ from amnex.channels.smpp.pdu import CommandStatus, DataSm, DeliverSm
 from amnex.channels.smpp.session import DeliverHandler
 from amnex.clock import utc_now
 from amnex.db.engine import Database, is_transient_db_error
-from amnex.metrics import INBOUND_MESSAGES, RECEIPTS
+from amnex.metrics import INBOUND_MESSAGES, RECEIPTS, count_batch
 from amnex.receipts.apply import (
     ReceivedInbound,
     ReceivedReceipt,
@@ -131,6 +132,7 @@ class DeliveryWriter:
                 await apply_receipts(session, receipts, now=now)
             return await store_inbound(session, inbound, now=now) if inbound else []
 
+        started = time.perf_counter()
         try:
             stored = await self._db.write(work)
         except asyncio.CancelledError:
@@ -143,6 +145,7 @@ class DeliveryWriter:
                 "storing %d receipts/inbound messages failed; the SMSC will resend", len(batch)
             )
             return [CommandStatus.ESME_RX_T_APPN] * len(batch)
+        count_batch("receipt", len(batch), time.perf_counter() - started)
         outcome = iter(stored)
         return [
             CommandStatus.ESME_ROK
