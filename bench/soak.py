@@ -94,10 +94,12 @@ from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from _scale import (
     DEFAULT_PG_URL,
     DEFAULT_REDIS_URL,
+    HOST,
     BenchCluster,
     TempPostgres,
     loopback_only,
@@ -174,6 +176,9 @@ class Sample:
     stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
     io_full: float | None  # share of the window every runnable task waited on I/O (PSI)
     calibration_us: float | None  # median CPU µs of CALIBRATION's piece of work in the window
+    # The workers' transactions so far, summed over them (their /metrics): kind -> (count,
+    # items, seconds), from `amnex_worker_batch_size` and `amnex_worker_batch_seconds`.
+    batches: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -657,6 +662,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 stolen_cores=stolen_cores,
                 io_full=io_full,
                 calibration_us=calibration_us,
+                batches=await worker_batches(client, list(cluster.metrics_ports.values())),
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -725,6 +731,34 @@ async def statement_counts(conn: Any) -> dict[int, tuple[int, float, int]]:
         int(r["queryid"]): (int(r["calls"]), float(r["total_exec_time"]), int(r["blocks"]))
         for r in await conn.fetch(STATEMENTS)
     }
+
+
+BATCH_KINDS = ("claim", "outcome", "receipt")
+
+
+async def worker_batches(
+    client: httpx.AsyncClient, ports: Sequence[int]
+) -> dict[str, tuple[float, float, float]]:
+    """The workers' transactions so far, summed over `ports` (each worker's /metrics):
+    kind -> (transactions, items, seconds). A worker that does not answer counts nothing."""
+    totals = {kind: [0.0, 0.0, 0.0] for kind in BATCH_KINDS}
+    where = {
+        "amnex_worker_batch_size_count": 0,
+        "amnex_worker_batch_size_sum": 1,
+        "amnex_worker_batch_seconds_sum": 2,
+    }
+    for port in ports:
+        try:
+            text = (await client.get(f"http://{HOST}:{port}/metrics", timeout=5)).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                slot = where.get(sample.name)
+                kind = sample.labels.get("kind", "")
+                if slot is not None and kind in totals:
+                    totals[kind][slot] += sample.value
+    return {kind: (c, n, t) for kind, (c, n, t) in totals.items()}
 
 
 def run_soak(args: argparse.Namespace, max_rate: float) -> Soak:
@@ -896,6 +930,39 @@ def thirds_table(soak: Soak) -> str:
             f"| {median([s.stolen_cores for s in picked], 3)} "
             f"| {median([s.calibration_us for s in picked], 0)} |"
         )
+    return "\n".join(lines)
+
+
+def batches_table(soak: Soak) -> str:
+    """The workers' transactions in each third (their /metrics, summed over them): per kind,
+    transactions a second, items per transaction and ms per transaction — whether their
+    batches shrank, or PostgreSQL answered them more slowly, where their CPU rose."""
+    _, _, parts = thirds(soak)
+    if not soak.samples or not soak.samples[-1].batches.get("claim", (0.0,))[0]:
+        return ""
+    lines = [
+        "| third | "
+        + " | ".join(f"{kind}: per s, items each, ms each" for kind in BATCH_KINDS)
+        + " |",
+        "|---|" + "---:|" * len(BATCH_KINDS),
+    ]
+    for label, part in zip(("first", "middle", "last"), parts, strict=True):
+        if not part:
+            continue
+        start = soak.samples[part[0] - 1] if part[0] else None
+        end = soak.samples[part[-1]]
+        span_s = end.t_s - (start.t_s if start is not None else 0.0)
+        cells = []
+        for kind in BATCH_KINDS:
+            was = start.batches.get(kind, (0.0, 0.0, 0.0)) if start is not None else (0.0,) * 3
+            now = end.batches.get(kind, (0.0, 0.0, 0.0))
+            count, items, seconds = (b - a for a, b in zip(was, now, strict=True))
+            cells.append(
+                f"{count / span_s:,.1f}, {items / count:.1f}, {seconds / count * 1000:.2f}"
+                if count and span_s
+                else "—"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1145,6 +1212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("The thirds of the samples after the warm-up (medians):")
         print(thirds_table(soak))
+        if batches := batches_table(soak):
+            print()
+            print("The workers' transactions in the same thirds (their /metrics):")
+            print(batches)
     if statements := statements_table(soak):
         print()
         print("PostgreSQL's statements, middle third → last third (pg_stat_statements):")
