@@ -911,16 +911,29 @@ def thirds_table(soak: Soak) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.median(known):.{digits}f}" if known else "—"
 
+    def work_per_sms(i: int) -> tuple[float | None, float | None]:
+        """Sample i's CPU per SMS of serve, the workers and PostgreSQL together (µs), and the
+        same in units of CALIBRATION's piece of work: what a slower machine does not raise."""
+        sample = soak.samples[i]
+        window_s = sample.t_s - (soak.samples[i - 1].t_s if i else 0.0)
+        if not sample.answered or window_s <= 0:
+            return None, None
+        cores = sum(sample.cores.values()) + (sample.pg_cores or 0.0)
+        us = cores * window_s / sample.answered * 1e6
+        return us, (us / sample.calibration_us if sample.calibration_us else None)
+
     lines = [
         "| third | t (s) | p50 / p99 ms | cores "
         + " / ".join(names)
-        + " | PostgreSQL cores | machine busy | stolen | calibration µs |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        + " | PostgreSQL cores | machine busy | stolen | calibration µs "
+        "| CPU per SMS, all of Amnex and PostgreSQL: µs; in calibration pieces |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, part in zip(("first", "middle", "last"), parts, strict=True):
         picked = [soak.samples[i] for i in part]
         if not picked:
             continue
+        work = [work_per_sms(i) for i in part]
         lines.append(
             f"| {label} | {picked[0].t_s:.0f} to {picked[-1].t_s:.0f} | "
             f"{median([s.p50_ms for s in picked], 1)} / {median([s.p99_ms for s in picked], 1)} | "
@@ -928,7 +941,8 @@ def thirds_table(soak: Soak) -> str:
             + f" | {median([s.pg_cores for s in picked], 3)} "
             f"| {median([s.machine_cores for s in picked], 2)} "
             f"| {median([s.stolen_cores for s in picked], 3)} "
-            f"| {median([s.calibration_us for s in picked], 0)} |"
+            f"| {median([s.calibration_us for s in picked], 0)} "
+            f"| {median([w[0] for w in work], 0)}; {median([w[1] for w in work], 2)} |"
         )
     return "\n".join(lines)
 
