@@ -4,8 +4,10 @@ memory and latency for drift.
 1. **The maximum** (unless `--max-rate` is given): one `amnex serve`, `--workers` (2)
    `amnex worker` (one bind each; `--worker-nice` N starts them at a lower priority than the
    API, as systemd's `Nice=` would) and the SMSC simulator on a fresh database, started as the
-   soak's are, sent SMS by the soak's own generator (open loop, below) in steps: from
-   `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 % above the one before,
+   soak's are, sent SMS by the soak's own generator (open loop, below) in steps, after a
+   warm-up of `--step-s` at half the first step's rate (not counted, as the soak leaves out
+   its first minute): from `--probe-start` (400) msg/s, each `--step-s` (30) s long and 10 %
+   above the one before,
    until a step is not held — answered at 95 % of its rate, nothing skipped or refused, p99
    within `PROBE_P99_MS` (500 ms), and delivery keeping up (at most 2 s of the rate not final
    at the step's end) — or `--probe-steps` (24) have run. The highest step held is the
@@ -37,10 +39,12 @@ server also logs (`SERVER_LOGGING`) every autovacuum, statements over 500 ms wit
 lock waits over a second and checkpoints; what it logged during the soak is summed up and
 listed after the summary. Every sample also records CPU stolen by the hypervisor, the
 share of time every task waited on I/O and the machine's speed (`CALIBRATION`); the run's own
-server loads pg_stat_statements, read every sample. Two tables after the summary compare the
-thirds of the samples the p99 verdict compares: each process's CPU, the machine's and its
-speed, and the statements that took the most time, with their blocks per call (work done
-whatever the machine's speed).
+server loads pg_stat_statements and times its WAL flushes (`track_wal_io_timing`), read every
+sample, and every sample reads the workers' /metrics. Three tables after the summary compare
+the thirds of the samples the p99 verdict compares: each process's CPU, the machine's and its
+speed, and the CPU per SMS also in units of that speed (work done whatever the machine's
+speed); the workers' transactions (how many, items and ms each) and PostgreSQL's WAL flushes
+(how many, ms each); and the statements that took the most time, with their blocks per call.
 
 Verdicts:
 
@@ -137,6 +141,14 @@ SERVER_LOGGING = (
     "log_line_prefix = '%m [%p] [%d] '\n"
     # Each statement's calls, time and blocks, read every sample (`statements_table`).
     "shared_preload_libraries = 'pg_stat_statements'\n"
+    # The time of each WAL write and flush (pg_stat_wal): a commit waits for its flush.
+    "track_wal_io_timing = on\n"
+)
+# The WAL flushes so far and their time, and the pages backends wrote out themselves, read
+# every sample on the run's own server (`thirds_table`).
+WAL_TIMING = (
+    "SELECT w.wal_sync, w.wal_sync_time, (to_jsonb(b) ->> 'buffers_backend')::bigint AS backend "
+    "FROM pg_stat_wal w, pg_stat_bgwriter b"
 )
 # The machine's speed, measured beside the soak: a child process times (in CPU time, so
 # waiting for a core does not count) a fixed piece of Python work five times a second. At a
@@ -179,6 +191,8 @@ class Sample:
     # The workers' transactions so far, summed over them (their /metrics): kind -> (count,
     # items, seconds), from `amnex_worker_batch_size` and `amnex_worker_batch_seconds`.
     batches: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    # The run's own server, so far: WAL flushes, their ms, pages written out by backends.
+    wal_timing: tuple[int, float, int | None] | None = None
 
 
 @dataclass
@@ -462,11 +476,23 @@ class Step:
 
 async def probe_steps(cluster: BenchCluster, args: argparse.Namespace) -> list[Step]:
     """Paced steps from `--probe-start` msg/s, each `--step-s` long and 10 % above the one
-    before, until one is not held (at most `--probe-steps`)."""
+    before, until one is not held (at most `--probe-steps`), after a warm-up step at half
+    the first one's rate."""
     steps: list[Step] = []
     conn = await asyncpg.connect(plain_pg_url(cluster.database_url))
-    first_index = 0
     try:
+        # A warm-up at half the first step's rate, not counted: the first seconds on empty
+        # tables (connections opening, caches filling, the first plans and ANALYZE) are the
+        # soak's warm-up too, which its p99 verdict leaves out.
+        warm = await paced_load(
+            [cluster.api_url],
+            cluster.api_key,
+            rate=args.probe_start / 2,
+            duration_s=args.step_s,
+            connections=args.connections,
+            on_answer=lambda _at, _latency_s, _status: None,
+        )
+        first_index = warm.scheduled + warm.skipped
         rate = args.probe_start
         print(
             "| step msg/s | achieved | skipped | non-201 | p99 ms | not final | machine busy "
@@ -645,8 +671,11 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             io_before = io_now
             calibration_us = statistics.median(pieces) if pieces else None
             pieces.clear()
+            wal_timing = None
             if own_server:
                 soak.statements.append(await statement_counts(conn))
+                row = await conn.fetchrow(WAL_TIMING)
+                wal_timing = (int(row["wal_sync"]), float(row["wal_sync_time"]), row["backend"])
             sample = Sample(
                 t_s=loop.time() - t0,
                 answered=len(window),
@@ -663,6 +692,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 io_full=io_full,
                 calibration_us=calibration_us,
                 batches=await worker_batches(client, list(cluster.metrics_ports.values())),
+                wal_timing=wal_timing,
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -950,15 +980,17 @@ def thirds_table(soak: Soak) -> str:
 def batches_table(soak: Soak) -> str:
     """The workers' transactions in each third (their /metrics, summed over them): per kind,
     transactions a second, items per transaction and ms per transaction — whether their
-    batches shrank, or PostgreSQL answered them more slowly, where their CPU rose."""
+    batches shrank, or PostgreSQL answered them more slowly, where their CPU rose — and, on
+    the run's own server, its WAL flushes (what every commit waits for) and the pages its
+    backends had to write out themselves."""
     _, _, parts = thirds(soak)
     if not soak.samples or not soak.samples[-1].batches.get("claim", (0.0,))[0]:
         return ""
     lines = [
         "| third | "
         + " | ".join(f"{kind}: per s, items each, ms each" for kind in BATCH_KINDS)
-        + " |",
-        "|---|" + "---:|" * len(BATCH_KINDS),
+        + " | PostgreSQL's WAL flushes: per s, ms each | pages backends wrote out, per s |",
+        "|---|" + "---:|" * (len(BATCH_KINDS) + 2),
     ]
     for label, part in zip(("first", "middle", "last"), parts, strict=True):
         if not part:
@@ -976,8 +1008,22 @@ def batches_table(soak: Soak) -> str:
                 if count and span_s
                 else "—"
             )
+        cells.extend(_wal_cells(start, end, span_s))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _wal_cells(start: Sample | None, end: Sample, span_s: float) -> list[str]:
+    """WAL flushes a second and ms each, and pages backends wrote out a second, between two
+    samples of the run's own server (a commit waits for its flush)."""
+    if start is None or start.wal_timing is None or end.wal_timing is None or span_s <= 0:
+        return ["—", "—"]
+    (syncs_was, ms_was, backend_was), (syncs, ms, backend) = start.wal_timing, end.wal_timing
+    flushes = syncs - syncs_was
+    cells = [f"{flushes / span_s:,.0f}, {(ms - ms_was) / flushes:.2f}" if flushes else "0"]
+    written = None if backend is None or backend_was is None else backend - backend_was
+    cells.append("—" if written is None else f"{written / span_s:,.0f}")
+    return cells
 
 
 def statement_deltas(
@@ -1228,7 +1274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(thirds_table(soak))
         if batches := batches_table(soak):
             print()
-            print("The workers' transactions in the same thirds (their /metrics):")
+            print(
+                "The workers' transactions (their /metrics) and PostgreSQL's WAL flushes in "
+                "the same thirds:"
+            )
             print(batches)
     if statements := statements_table(soak):
         print()
