@@ -78,9 +78,11 @@ QUICK: tuple[Quick, ...] = (
     # Four 10-s paced steps from 200 msg/s for the maximum, then a minute at 80 % of the
     # highest step held, sampled every 10 s.
     Quick("soak", ("soak.py", "--quick"), 300),
+    # One read in a worker's transaction through the ORM, Core and the driver: 3 rounds.
+    Quick("statements", ("statements.py", "--quick"), 120),
 )
 # The benchmarks that take --pg-url for the server they create their databases on.
-PG_BENCHMARKS = ("scaling", "soak")
+PG_BENCHMARKS = ("scaling", "soak", "statements")
 
 
 def parse_summary(stdout: str) -> dict[str, Any] | None:
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown {unknown}; choose from {', '.join(names)}")
     chosen = [q for q in QUICK if q.name in wanted]
-    wrk_users = ("accept", "e2e_sms", *PG_BENCHMARKS)
+    wrk_users = ("accept", "e2e_sms", "scaling", "soak")
     if any(q.name in wrk_users for q in chosen) and shutil.which("wrk") is None:
         print(
             "wrk is not installed: `apt-get install -y wrk` (Debian), then retry.",
