@@ -48,6 +48,7 @@ from amnex.compliance.policy import AccountCompliance, account_compliance
 from amnex.compliance.verdict import Allow, Defer, Reject
 from amnex.db.bulk import insert_rows, update_rows
 from amnex.db.lists import in_list, not_in_list
+from amnex.db.reads import KeyedRead
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import event_row, transition
 from amnex.messages.status import CLAIMABLE_STATUSES, Status, check_transition
@@ -421,6 +422,24 @@ def _fail(
     _release_lease(message)
 
 
+# The rows an outcome group records, locked in id order.
+_LEASED_ROWS = KeyedRead(
+    (
+        Message.id,
+        Message.account_id,
+        Message.status,
+        Message.lease_owner,
+        Message.event_seq,
+        Message.expires_at,
+        Message.segments,
+        Message.encoding,
+    ),
+    key=Message.id,
+    order_by=(Message.id,),
+    for_update=True,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """A carrier accepted a message (`sent`, or `delivered` when acceptance is final)."""
@@ -449,23 +468,7 @@ async def record_submitted_many(
     deadline for the receipt-timeout sweep.
     """
     ids = sorted({o.message_id for o in outcomes})
-    rows = (
-        await session.execute(
-            select(
-                Message.id,
-                Message.account_id,
-                Message.status,
-                Message.lease_owner,
-                Message.event_seq,
-                Message.expires_at,
-                Message.segments,
-                Message.encoding,
-            )
-            .where(in_list(session, Message.id, ids))
-            .order_by(Message.id)
-            .with_for_update()
-        )
-    ).all()
+    rows = await _LEASED_ROWS.rows(session, ids)
     leased = {r.id: r for r in rows if r.status == Status.SENDING and r.lease_owner == owner}
     applied: list[bool] = []
     changes: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ from amnex.accounts.models import Sender
 from amnex.db.bulk import insert_rows, update_rows
 from amnex.db.ids import new_id
 from amnex.db.lists import in_list
+from amnex.db.reads import KeyedRead
 from amnex.messages.models import Message, MessageEvent, MessagePart
 from amnex.messages.service import address_columns, event_row, transition
 from amnex.messages.status import Status, check_transition
@@ -147,9 +148,21 @@ def _best_part(candidates: Iterable[PartState], item: ReceivedReceipt) -> PartSt
     return ranked[0] if ranked else None
 
 
-async def _load_parts(session: AsyncSession, condition: Any) -> list[PartState]:
-    rows = await session.execute(select(*_PART_COLUMNS).where(condition))
-    return [PartState(*row) for row in rows]
+_PARTS_BY_KEY = KeyedRead(_PART_COLUMNS, key=MessagePart.id_key)
+_PARTS_OF_MESSAGES = KeyedRead(_PART_COLUMNS, key=MessagePart.message_id)
+# The messages whose parts a receipt batch settles, locked in id order.
+_SETTLED_MESSAGES = KeyedRead(
+    (Message.id, Message.account_id, Message.channel, Message.status, Message.event_seq),
+    key=Message.id,
+    order_by=(Message.id,),
+    for_update=True,
+)
+
+
+async def _load_parts(
+    session: AsyncSession, read: KeyedRead, values: Sequence[str]
+) -> list[PartState]:
+    return [PartState(*row) for row in await read.rows(session, values)]
 
 
 async def _apply_matched(
@@ -167,20 +180,10 @@ async def _apply_matched(
     message_ids = sorted({part.message_id for _, part in matches})
     # Lock the messages first, in id order, so that two workers settling parts of the same
     # message (receipts may come on different binds) take turns instead of deadlocking.
-    messages = {
-        row.id: row
-        for row in await session.execute(
-            select(
-                Message.id, Message.account_id, Message.channel, Message.status, Message.event_seq
-            )
-            .where(in_list(session, Message.id, message_ids))
-            .order_by(Message.id)
-            .with_for_update()
-        )
-    }
+    messages = {row.id: row for row in await _SETTLED_MESSAGES.rows(session, message_ids)}
     all_parts: dict[str, list[PartState]] = {}
     by_key: dict[tuple[str, int], PartState] = {}
-    for part in await _load_parts(session, in_list(session, MessagePart.message_id, message_ids)):
+    for part in await _load_parts(session, _PARTS_OF_MESSAGES, message_ids):
         all_parts.setdefault(part.message_id, []).append(part)
         by_key[(part.message_id, part.part)] = part
     applied = duplicates = intermediate = 0
@@ -312,7 +315,7 @@ async def _find_parts(
     keys = sorted({item.key for item in items})
     by_key: dict[str, list[PartState]] = {}
     if keys:
-        for part in await _load_parts(session, in_list(session, MessagePart.id_key, keys)):
+        for part in await _load_parts(session, _PARTS_BY_KEY, keys):
             by_key.setdefault(part.id_key, []).append(part)
     return [_best_part(by_key.get(item.key, ()), item) for item in items]
 
