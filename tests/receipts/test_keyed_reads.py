@@ -3,6 +3,7 @@ locks for the session's transaction, and fail a lost connection as a retryable e
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
@@ -35,6 +36,14 @@ LOCKED = KeyedRead(
 @pytest.fixture
 async def sms_account(db: Database) -> AccountHandle:
     return await make_account(db, sms_number=NUMBER)
+
+
+@pytest.fixture
+async def other(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of another process to the same database."""
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    yield connection
+    await connection.close()
 
 
 async def read_after_losing_the_connection(
@@ -83,40 +92,32 @@ async def test_a_keyed_read_gives_the_rows_the_orm_gives(
 
 @pytest.mark.postgres
 async def test_a_keyed_read_for_update_holds_its_locks_until_the_transaction_ends(
-    db: Database, sms_account: AccountHandle, database_url: str
+    db: Database, sms_account: AccountHandle, other: asyncpg.Connection
 ) -> None:
     message_id = await sent_message(db, sms_account, ["c1"])
-    other = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     lock = "SELECT id FROM messages WHERE id = $1 FOR UPDATE NOWAIT"
-    try:
-        async with db.unit_of_work() as session:
-            # When a worker's transaction reads the row FOR UPDATE
-            assert [row.id for row in await LOCKED.rows(session, [message_id])] == [message_id]
-            # Then nobody else can lock it while the transaction lasts
-            with pytest.raises(asyncpg.LockNotAvailableError):
-                async with other.transaction():
-                    await other.fetch(lock, message_id)
-        # And once it commits, they can
-        async with other.transaction():
-            assert len(await other.fetch(lock, message_id)) == 1
-    finally:
-        await other.close()
+    async with db.unit_of_work() as session:
+        # When a worker's transaction reads the row FOR UPDATE
+        assert [row.id for row in await LOCKED.rows(session, [message_id])] == [message_id]
+        # Then nobody else can lock it while the transaction lasts
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            async with other.transaction():
+                await other.fetch(lock, message_id)
+    # And once it commits, they can
+    async with other.transaction():
+        assert len(await other.fetch(lock, message_id)) == 1
 
 
 @pytest.mark.postgres
 async def test_a_keyed_read_on_a_lost_connection_fails_as_a_retryable_database_error(
-    db: Database, sms_account: AccountHandle, database_url: str
+    db: Database, sms_account: AccountHandle, other: asyncpg.Connection
 ) -> None:
     message_id = await sent_message(db, sms_account, ["d1"])
-    admin = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        # When the server ends the worker's connection in the middle of its transaction
-        with pytest.raises(DBAPIError) as raised:
-            await read_after_losing_the_connection(db, admin, message_id)
-        # Then the read fails as the writers' retry loops expect of a lost connection
-        assert is_transient_db_error(raised.value)
-    finally:
-        await admin.close()
+    # When the server ends the worker's connection in the middle of its transaction
+    with pytest.raises(DBAPIError) as raised:
+        await read_after_losing_the_connection(db, other, message_id)
+    # Then the read fails as the writers' retry loops expect of a lost connection
+    assert is_transient_db_error(raised.value)
     # And the pool hands out a working connection afterwards
     async with db.unit_of_work() as session:
         assert [row.id for row in await LOCKED.rows(session, [message_id])] == [message_id]
