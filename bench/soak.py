@@ -145,7 +145,7 @@ SERVER_LOGGING = (
     "track_wal_io_timing = on\n"
 )
 # The WAL flushes so far and their time, and the pages backends wrote out themselves, read
-# every sample on the run's own server (`thirds_table`).
+# every sample on the run's own server (`batches_table`).
 WAL_TIMING = (
     "SELECT w.wal_sync, w.wal_sync_time, (to_jsonb(b) ->> 'buffers_backend')::bigint AS backend "
     "FROM pg_stat_wal w, pg_stat_bgwriter b"
@@ -943,7 +943,8 @@ def thirds_table(soak: Soak) -> str:
 
     def work_per_sms(i: int) -> tuple[float | None, float | None]:
         """Sample i's CPU per SMS of serve, the workers and PostgreSQL together (µs), and the
-        same in units of CALIBRATION's piece of work: what a slower machine does not raise."""
+        same in units of CALIBRATION's piece of work (meant to take the machine's speed out;
+        bench/README.md: on one machine the calibration swung more than the work did)."""
         sample = soak.samples[i]
         window_s = sample.t_s - (soak.samples[i - 1].t_s if i else 0.0)
         if not sample.answered or window_s <= 0:
