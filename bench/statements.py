@@ -1,14 +1,15 @@
 """Bench (issue 7): what one statement costs a worker's write transaction, three ways.
 
-The workers' hot transactions (claims, send outcomes, receipts) read their rows through
-SQLAlchemy's ORM session (`session.execute(select(...))`) and write them through Core's
-`exec_driver_sql` (db/bulk.py). This measures, in this process's CPU time, a transaction of
+The workers' hot transactions (claims, send outcomes, receipts) read most of their rows
+through SQLAlchemy's ORM session (`session.execute(select(...))`), the hottest reads as
+compiled text through Core (db/reads.py), and write through Core's `exec_driver_sql`
+(db/bulk.py). This measures, in this process's CPU time, a transaction of
 `Database.write` (pool checkout, BEGIN, the statements, COMMIT) holding one and then two
 identical reads — `SELECT id, status FROM messages WHERE id = ANY(...)` with 15 ids, the
 shape of the receipt and outcome paths' reads — issued:
 
 - **orm**: `session.execute(select(Message.id, Message.status).where(in_list(...)))`, as the
-  workers do today;
+  workers' other reads do;
 - **core**: the compiled text on the session's connection, `exec_driver_sql`: no statement
   construction, compilation or ORM result handling;
 - **driver**: the text on the session's asyncpg connection itself, inside the session's
