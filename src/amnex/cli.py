@@ -65,10 +65,13 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _logging(level: str = "INFO") -> None:
+def _logging(settings: Settings | None = None, level: str = "INFO") -> None:
+    """Logging as `log_format` sets it: from the command's own settings when it has loaded
+    them (its `--config` file included), else from the environment and `AMNEX_CONFIG_FILE`."""
     from amnex.logging_setup import configure_logging, configured_log_format
 
-    configure_logging(level, json=configured_log_format() == "json")
+    log_format = settings.log_format if settings is not None else configured_log_format()
+    configure_logging(level, json=log_format == "json")
 
 
 def _run_service(main: Coroutine[Any, Any, None]) -> None:
@@ -136,7 +139,7 @@ def serve(
     settings = load_settings(config, **overrides)
     if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
         raise typer.BadParameter("give both a TLS certificate and its key, or neither")
-    _logging()
+    _logging(settings)
     _require_current_schema(settings)
     app = create_app(Runtime.build(settings))
     tune_gc_for_serving()
@@ -206,12 +209,25 @@ def _require_current_schema(settings: Settings) -> None:
 
 
 @app.command()
-def worker(config: ConfigOption = None) -> None:
+def worker(
+    config: ConfigOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (overrides "
+            "worker_metrics_port: one port per worker on a machine).",
+        ),
+    ] = None,
+) -> None:
     """Dispatch messages to carriers (run as many as needed; they coordinate via the database)."""
     from amnex.worker_process import run_worker
 
-    _logging()
-    _run_service(run_worker(_settings(config)))
+    overrides = {} if metrics_port is None else {"worker_metrics_port": metrics_port}
+    settings = load_settings(config, **overrides)
+    _logging(settings)
+    _run_service(run_worker(settings))
 
 
 @db_app.command("upgrade")
@@ -919,7 +935,7 @@ def simulate_smsc(
     """
     from amnex.simulators.smsc import SmscSimulator
 
-    _logging("WARNING")
+    _logging(level="WARNING")
     smsc = SmscSimulator(
         host,
         port,

@@ -43,7 +43,8 @@ BACKPRESSURE_CONNECTORS = Gauge(
 )
 BACKPRESSURE_REFUSALS = Counter(
     "amnex_backpressure_refusals_total",
-    "Send requests refused by backpressure (queue_full, account_backlog_full)",
+    "Send requests refused by backpressure (queue_full, account_backlog_full, "
+    "connector_backlog_full)",
     ["code"],
 )
 QUEUE_SAMPLE_ERRORS = Counter(

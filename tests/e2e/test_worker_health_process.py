@@ -1,12 +1,15 @@
-"""A real `amnex worker` process answers `/healthz`, `/readyz` and `/metrics` on its port."""
+"""A real `amnex worker` process answers `/healthz`, `/readyz` and `/metrics` on its port,
+taken from its settings or its command line, and logs in the format its settings ask for."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -79,3 +82,69 @@ async def test_a_worker_process_is_ready_once_it_binds_its_connector(
             worker.wait()
             raise
     assert returncode == 0
+
+
+async def test_a_worker_takes_its_port_from_the_command_line_and_logs_as_its_config_file_says(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    # Given a configuration file that asks for JSON logs, and no log setting in the environment
+    settings = with_master_key(settings)
+    assert settings.master_key is not None
+    config = tmp_path / "amnex.toml"
+    config.write_text('log_format = "json"\npoll_interval_s = 0.05\n')
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMNEX_")}
+    env.update(
+        {
+            "AMNEX_DATABASE_URL": settings.database_url,
+            "AMNEX_MASTER_KEY": settings.master_key.get_secret_value(),
+        }
+    )
+    # When a worker starts with that file and its own metrics port (as a systemd template
+    # instance does: one port per worker on a machine, the shared settings in the file)
+    worker = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child process, never awaited
+        [
+            sys.executable,
+            "-m",
+            "amnex",
+            "worker",
+            "--config",
+            str(config),
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+
+            async def readyz() -> httpx.Response | None:
+                try:
+                    return await client.get("/readyz")
+                except httpx.TransportError:
+                    return None
+
+            # Then it serves its health pages on that port, and turns ready
+            response = await eventually(
+                readyz, lambda r: r is not None and r.status_code == 200, timeout_s=30
+            )
+            assert response is not None
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = await asyncio.to_thread(worker.communicate, timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.communicate()
+            raise
+    assert worker.returncode == 0, stderr
+    # And every line it logged, from its first, is a JSON object
+    lines = stderr.splitlines()
+    assert lines, "the worker logged nothing"
+    records = [json.loads(line) for line in lines]
+    assert all({"timestamp", "level", "logger", "event"} <= record.keys() for record in records)
