@@ -193,6 +193,9 @@ class Sample:
     batches: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     # The run's own server, so far: WAL flushes, their ms, pages written out by backends.
     wal_timing: tuple[int, float, int | None] | None = None
+    # Each worker's voluntary context switches so far: how often its event loop found nothing
+    # to do and slept (`voluntary_ctxt_switches` in /proc/<pid>/status).
+    sleeps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -693,6 +696,9 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 calibration_us=calibration_us,
                 batches=await worker_batches(client, list(cluster.metrics_ports.values())),
                 wal_timing=wal_timing,
+                sleeps={
+                    n: voluntary_switches(pid) for n, pid in names.items() if n.startswith("worker")
+                },
             )
             soak.samples.append(sample)
             depth = "—" if sample.queue_depth is None else f"{sample.queue_depth:,.0f}"
@@ -764,6 +770,18 @@ async def statement_counts(conn: Any) -> dict[int, tuple[int, float, int]]:
 
 
 BATCH_KINDS = ("claim", "outcome", "receipt")
+
+
+def voluntary_switches(pid: int) -> int:
+    """How many times the process gave up its CPU to wait (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 async def worker_batches(
@@ -983,15 +1001,17 @@ def batches_table(soak: Soak) -> str:
     transactions a second, items per transaction and ms per transaction — whether their
     batches shrank, or PostgreSQL answered them more slowly, where their CPU rose — and, on
     the run's own server, its WAL flushes (what every commit waits for) and the pages its
-    backends had to write out themselves."""
+    backends had to write out themselves; last, the workers' CPU per SMS and how often their
+    event loops slept."""
     _, _, parts = thirds(soak)
     if not soak.samples or not soak.samples[-1].batches.get("claim", (0.0,))[0]:
         return ""
     lines = [
         "| third | "
         + " | ".join(f"{kind}: per s, items each, ms each" for kind in BATCH_KINDS)
-        + " | PostgreSQL's WAL flushes: per s, ms each | pages backends wrote out, per s |",
-        "|---|" + "---:|" * (len(BATCH_KINDS) + 2),
+        + " | PostgreSQL's WAL flushes: per s, ms each | pages backends wrote out, per s "
+        "| the workers: CPU µs per SMS; sleeps per s |",
+        "|---|" + "---:|" * (len(BATCH_KINDS) + 3),
     ]
     for label, part in zip(("first", "middle", "last"), parts, strict=True):
         if not part:
@@ -1010,8 +1030,27 @@ def batches_table(soak: Soak) -> str:
                 else "—"
             )
         cells.extend(_wal_cells(start, end, span_s))
+        cells.append(_worker_cells(soak, part, start, end, span_s))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _worker_cells(
+    soak: Soak, part: list[int], start: Sample | None, end: Sample, span_s: float
+) -> str:
+    """The workers' CPU per SMS answered in the samples `part` (all workers together) and how
+    often they slept: at a constant rate, a worker whose event loop sleeps less is busier for
+    the same messages (CPU per SMS up) or waits less between them."""
+    samples = [soak.samples[i] for i in part]
+    answered = sum(s.answered for s in samples)
+    worker_s = sum(
+        sum(v for n, v in s.cores.items() if n.startswith("worker")) for s in samples
+    ) * (span_s / len(samples) if samples else 0.0)
+    cpu = f"{worker_s / answered * 1e6:,.0f}" if answered else "—"
+    if start is None or not start.sleeps or not end.sleeps or span_s <= 0:
+        return f"{cpu}; —"
+    slept = sum(end.sleeps.get(n, 0) - start.sleeps.get(n, 0) for n in end.sleeps)
+    return f"{cpu}; {slept / span_s:,.0f}"
 
 
 def _wal_cells(start: Sample | None, end: Sample, span_s: float) -> list[str]:
