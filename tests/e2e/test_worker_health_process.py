@@ -19,6 +19,23 @@ from amnex.simulators.smsc import SmscSimulator
 from support import add_smpp_route, eventually, free_socket, with_master_key
 
 
+async def ready(client: httpx.AsyncClient) -> httpx.Response:
+    """The worker's first 200 from /readyz (connection errors while it starts count as not
+    yet)."""
+
+    async def readyz() -> httpx.Response | None:
+        try:
+            return await client.get("/readyz")
+        except httpx.TransportError:
+            return None  # not listening yet
+
+    response = await eventually(
+        readyz, lambda r: r is not None and r.status_code == 200, timeout_s=30
+    )
+    assert response is not None
+    return response
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "amnex", "worker"],
@@ -49,19 +66,9 @@ async def test_a_worker_process_is_ready_once_it_binds_its_connector(
     worker = start_worker(env)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-
-            async def readyz() -> httpx.Response | None:
-                try:
-                    return await client.get("/readyz")
-                except httpx.TransportError:
-                    return None  # not listening yet
-
             # Given a worker started with a metrics port and one SMPP connector to bind
             # Then its /readyz turns 200 once the database answered and the bind is up
-            response = await eventually(
-                readyz, lambda r: r is not None and r.status_code == 200, timeout_s=30
-            )
-            assert response is not None
+            response = await ready(client)
             assert response.json() == {
                 "status": "ok",
                 "checks": {"database": "ok", "binds": "ok"},
@@ -121,18 +128,8 @@ async def test_a_worker_takes_its_port_from_the_command_line_and_logs_as_its_con
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-
-            async def readyz() -> httpx.Response | None:
-                try:
-                    return await client.get("/readyz")
-                except httpx.TransportError:
-                    return None
-
             # Then it serves its health pages on that port, and turns ready
-            response = await eventually(
-                readyz, lambda r: r is not None and r.status_code == 200, timeout_s=30
-            )
-            assert response is not None
+            await ready(client)
             assert (await client.get("/healthz")).json() == {"status": "ok"}
     finally:
         worker.send_signal(signal.SIGTERM)
