@@ -180,15 +180,20 @@ def wait_for_binds(cluster: BenchCluster, binds: int, timeout_s: float = 90.0) -
 # --- accounting ------------------------------------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of one process (VmRSS), 0 if it is gone."""
+def status_field(pid: int, name: str) -> int:
+    """One number of /proc/<pid>/status (its first word after `name:`), 0 if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(f"{name}:"):
+                return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (VmRSS), 0 if it is gone."""
+    return status_field(pid, "VmRSS") * 1024
 
 
 @dataclass

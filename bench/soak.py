@@ -112,6 +112,7 @@ from _scale import (
     queue_depth,
     rss_bytes,
     run_uvloop,
+    status_field,
     wait_final,
     wait_for_binds,
 )
@@ -697,7 +698,9 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 batches=await worker_batches(client, list(cluster.metrics_ports.values())),
                 wal_timing=wal_timing,
                 sleeps={
-                    n: voluntary_switches(pid) for n, pid in names.items() if n.startswith("worker")
+                    n: status_field(pid, "voluntary_ctxt_switches")
+                    for n, pid in names.items()
+                    if n.startswith("worker")
                 },
             )
             soak.samples.append(sample)
@@ -770,18 +773,6 @@ async def statement_counts(conn: Any) -> dict[int, tuple[int, float, int]]:
 
 
 BATCH_KINDS = ("claim", "outcome", "receipt")
-
-
-def voluntary_switches(pid: int) -> int:
-    """How many times the process gave up its CPU to wait (0 once it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def worker_batches(
