@@ -152,15 +152,31 @@ WAL_TIMING = (
     "FROM pg_stat_wal w, pg_stat_bgwriter b"
 )
 # The machine's speed, measured beside the soak: a child process times (in CPU time, so
-# waiting for a core does not count) a fixed piece of Python work five times a second. At a
-# constant rate the soak's own load is constant, so a window whose pieces took longer ran on
-# slower CPUs: a neighbour on the same cores, or their clock.
+# waiting for a core does not count) two fixed pieces of Python work five times a second. At
+# a constant rate the soak's own load is constant, so a window whose pieces took longer ran
+# on slower CPUs: a neighbour on the same cores, or their clock. The first piece stays in the
+# core's own caches; the second follows a random cycle through 4 M list entries (about
+# 140 MB of pointers and int objects), so nearly every step misses the caches and waits for
+# memory: it slows when something else — on this machine or on the host under it — takes
+# the shared cache or the memory's bandwidth, which the first piece does not see.
 CALIBRATION = """
-import time
+import random, time
+order = list(range(1 << 22))
+random.Random(7).shuffle(order)
+cycle = [0] * len(order)
+for here, there in zip(order, order[1:] + order[:1]):
+    cycle[here] = there
+del order
+print("ready", flush=True)
+at = 0
 while True:
     start = time.thread_time_ns()
     sum(i * i for i in range(20_000))
-    print((time.thread_time_ns() - start) / 1000, flush=True)
+    middle = time.thread_time_ns()
+    for _ in range(2_000):
+        at = cycle[at]
+    end = time.thread_time_ns()
+    print((middle - start) / 1000, (end - middle) / 1000, flush=True)
     time.sleep(0.2)
 """
 # Every statement of the soak's database so far (pg_stat_statements, the run's own server).
@@ -189,6 +205,8 @@ class Sample:
     stolen_cores: float  # taken by the hypervisor for other guests: noise from outside
     io_full: float | None  # share of the window every runnable task waited on I/O (PSI)
     calibration_us: float | None  # median CPU µs of CALIBRATION's piece of work in the window
+    # The same for its piece that waits on memory (None: no piece timed in the window).
+    memory_us: float | None = None
     # The workers' transactions so far, summed over them (their /metrics): kind -> (count,
     # items, seconds), from `amnex_worker_batch_size` and `amnex_worker_batch_seconds`.
     batches: dict[str, tuple[float, float, float]] = field(default_factory=dict)
@@ -603,15 +621,21 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
     conn = await asyncpg.connect(plain_pg_url(cluster.database_url))
     client = httpx.AsyncClient()
     cpu_start = time.process_time()
-    pieces: list[float] = []  # CALIBRATION's timings since the last sample
+    pieces: list[tuple[float, float]] = []  # CALIBRATION's timings since the last sample
     calibration = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CALIBRATION, stdout=asyncio.subprocess.PIPE
     )
 
+    assert calibration.stdout is not None
+    # Its cycle is built before the load starts (a few seconds of one core).
+    ready = await asyncio.wait_for(calibration.stdout.readline(), timeout=120)
+    assert ready == b"ready\n", ready
+
     async def read_calibration() -> None:
         assert calibration.stdout is not None
         async for line in calibration.stdout:
-            pieces.append(float(line))
+            compute, memory = line.split()
+            pieces.append((float(compute), float(memory)))
 
     reader = asyncio.create_task(read_calibration())
     own_server = args.postmaster_pid is not None
@@ -647,7 +671,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
             + " | cores "
             + " / ".join(names)
             + " | queue depth | not final | machine busy cores | PostgreSQL cores | stolen "
-            "| I/O full | calibration µs |",
+            "| I/O full | calibration µs: cached; memory |",
             flush=True,
         )
         for k in range(1, n_samples + 1):
@@ -673,7 +697,8 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 else None
             )
             io_before = io_now
-            calibration_us = statistics.median(pieces) if pieces else None
+            calibration_us = statistics.median(p[0] for p in pieces) if pieces else None
+            memory_us = statistics.median(p[1] for p in pieces) if pieces else None
             pieces.clear()
             wal_timing = None
             if own_server:
@@ -695,6 +720,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 stolen_cores=stolen_cores,
                 io_full=io_full,
                 calibration_us=calibration_us,
+                memory_us=memory_us,
                 batches=await worker_batches(client, list(cluster.metrics_ports.values())),
                 wal_timing=wal_timing,
                 sleeps={
@@ -717,6 +743,7 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
                 + ("—" if sample.io_full is None else f"{sample.io_full:.0%}")
                 + " | "
                 + ("—" if sample.calibration_us is None else f"{sample.calibration_us:.0f}")
+                + ("" if sample.memory_us is None else f"; {sample.memory_us:.0f}")
                 + " |",
                 flush=True,
             )
@@ -965,7 +992,7 @@ def thirds_table(soak: Soak) -> str:
     lines = [
         "| third | t (s) | p50 / p99 ms | cores "
         + " / ".join(names)
-        + " | PostgreSQL cores | machine busy | stolen | calibration µs "
+        + " | PostgreSQL cores | machine busy | stolen | calibration µs: cached; memory "
         "| CPU per SMS, all of Amnex and PostgreSQL: µs; in calibration pieces |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -981,7 +1008,8 @@ def thirds_table(soak: Soak) -> str:
             + f" | {median([s.pg_cores for s in picked], 3)} "
             f"| {median([s.machine_cores for s in picked], 2)} "
             f"| {median([s.stolen_cores for s in picked], 3)} "
-            f"| {median([s.calibration_us for s in picked], 0)} "
+            f"| {median([s.calibration_us for s in picked], 0)}; "
+            f"{median([s.memory_us for s in picked], 0)} "
             f"| {median([w[0] for w in work], 0)}; {median([w[1] for w in work], 2)} |"
         )
     return "\n".join(lines)
