@@ -647,9 +647,15 @@ async def soak_load(cluster: BenchCluster, soak: Soak, args: argparse.Namespace)
     )
 
     assert calibration.stdout is not None
-    # Its cycle is built before the load starts (a few seconds of one core).
-    ready = await asyncio.wait_for(calibration.stdout.readline(), timeout=120)
-    assert ready == b"ready\n", ready
+    try:  # its cycle is built before the load starts (a few seconds of one core)
+        ready = await asyncio.wait_for(calibration.stdout.readline(), timeout=120)
+        if ready != b"ready\n":
+            raise RuntimeError(f"the calibration process did not start: {ready!r}")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            calibration.kill()
+        await calibration.wait()
+        raise
 
     async def read_calibration() -> None:
         assert calibration.stdout is not None
